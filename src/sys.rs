@@ -17,6 +17,7 @@ pub struct Real;
 pub struct Fake {
     calls: Mutex<Vec<String>>,
     failures: Mutex<Vec<(String, Errno)>>,
+    release: Mutex<String>,
 }
 
 impl Fake {
@@ -31,6 +32,16 @@ impl Fake {
             .unwrap()
             .push((prefix.to_string(), errno));
         self
+    }
+
+    /// Sets what `uname -r` answers.
+    pub fn set_release(&self, release: &str) -> &Self {
+        *self.release.lock().unwrap() = release.to_string();
+        self
+    }
+
+    pub fn release(&self) -> String {
+        self.release.lock().unwrap().clone()
     }
 
     /// Records `call`, then returns the injected failure for it, if any.

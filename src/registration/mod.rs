@@ -1,1 +1,3 @@
-//! TODO
+//! Nix registration on the new root.
+
+pub mod parse;

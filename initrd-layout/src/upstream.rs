@@ -1,0 +1,41 @@
+//! The pieces of `netboot_init` the layout relies on: config validation, the modules the
+//! config implies, and the module closure. Kept in one place so the builder uses exactly the
+//! rules the init applies at boot.
+
+use anyhow::{Context, Result};
+use netboot_init::config::Config;
+use std::path::{Path, PathBuf};
+
+/// One module of the closure: its name and its path relative to the modules tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosureModule {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Parses and validates the config text the way the init does at boot.
+pub fn parse_config(text: &str) -> Result<Config> {
+    crate::modindex::parse_config(text)
+}
+
+/// The module names the config needs: its `kernelModules` plus those its file systems imply.
+pub fn needed_modules(config: &Config) -> Vec<String> {
+    let mut names = config.kernel_modules.clone();
+    for m in crate::modindex::implied_by_file_systems(config) {
+        if !names.contains(&m) {
+            names.push(m);
+        }
+    }
+    names
+}
+
+/// The modules (with dependencies and softdeps, builtins excluded) to ship for `names`.
+pub fn module_closure(modules_tree: &Path, names: &[String]) -> Result<Vec<ClosureModule>> {
+    let index = crate::modindex::ModulesIndex::load(modules_tree)
+        .with_context(|| format!("reading the module index of {}", modules_tree.display()))?;
+    let entries = index.closure(names)?;
+    Ok(entries
+        .into_iter()
+        .map(|e| ClosureModule { name: e.name, path: e.path })
+        .collect())
+}
