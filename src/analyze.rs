@@ -549,7 +549,6 @@ pub fn tick_step_us(range_us: u64, max_ticks: u64) -> u64 {
     }
 }
 
-const SVG_WIDTH: f64 = 1200.0;
 const LABEL_W: f64 = 150.0;
 const CHART_W: f64 = 720.0;
 const ROW_H: f64 = 22.0;
@@ -576,7 +575,9 @@ fn fmt_ms_short(us: u64) -> String {
     }
 }
 
-fn render_panel(svg: &mut String, panel: &Panel, top: f64, id: &str) -> f64 {
+/// Writes one panel at `top`; returns its height and the right edge of its widest text.
+fn render_panel(svg: &mut String, panel: &Panel, top: f64, id: &str) -> (f64, f64) {
+    let mut right = LABEL_W + CHART_W + 40.0;
     let range = panel.to_us.saturating_sub(panel.from_us).max(1);
     let scale = CHART_W / range as f64;
     let x_of = |us: u64| LABEL_W + (us.saturating_sub(panel.from_us)) as f64 * scale;
@@ -610,15 +611,17 @@ fn render_panel(svg: &mut String, panel: &Panel, top: f64, id: &str) -> f64 {
     }
     let _ = writeln!(
         svg,
-        r#"<text class="tick" x="{:.1}" y="{:.1}" text-anchor="start">ms</text>"#,
-        LABEL_W + CHART_W + 12.0,
+        r#"<text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">ms since boot</text>"#,
+        LABEL_W - 26.0,
         chart_top - 8.0
     );
     for (i, row) in panel.rows.iter().enumerate() {
         let y = chart_top + 3.0 + i as f64 * ROW_H;
         let x = x_of(row.start_us.max(panel.from_us));
-        let w = (row.end_us.min(panel.to_us).saturating_sub(row.start_us.max(panel.from_us)))
-            as f64
+        let w = (row
+            .end_us
+            .min(panel.to_us)
+            .saturating_sub(row.start_us.max(panel.from_us))) as f64
             * scale;
         let class = match (row.kind, row.ok) {
             (_, false) => "bar failed",
@@ -649,10 +652,12 @@ fn render_panel(svg: &mut String, panel: &Panel, top: f64, id: &str) -> f64 {
         if !row.ok {
             note = format!("FAILED {note}");
         }
+        let note_x = (x + w + 4.0).min(LABEL_W + CHART_W + 4.0);
+        // About 6.5 px per character at the note's font size.
+        right = right.max(note_x + note.chars().count() as f64 * 6.5 + 10.0);
         let _ = writeln!(
             svg,
-            r#"<text class="note" x="{:.1}" y="{:.1}">{}</text>"#,
-            (x + w + 4.0).min(LABEL_W + CHART_W + 4.0),
+            r#"<text class="note" x="{note_x:.1}" y="{:.1}">{}</text>"#,
             y + BAR_H - 4.0,
             escape_xml(&note)
         );
@@ -673,7 +678,7 @@ fn render_panel(svg: &mut String, panel: &Panel, top: f64, id: &str) -> f64 {
         );
     }
     let _ = writeln!(svg, "</g>");
-    TITLE_H + AXIS_H + chart_h + 20.0
+    (TITLE_H + AXIS_H + chart_h + 20.0, right)
 }
 
 /// An SVG picture in the manner of `systemd-analyze plot`: the whole boot (kernel until
@@ -716,15 +721,19 @@ pub fn render_svg(t: &Timeline) -> String {
 
     let mut body = String::new();
     let mut y = 0.0;
+    let mut width: f64 = 0.0;
     for (i, panel) in panels.iter().enumerate() {
-        y += render_panel(&mut body, panel, y, &format!("panel{}", i + 1));
+        let (h, right) = render_panel(&mut body, panel, y, &format!("panel{}", i + 1));
+        y += h;
+        width = width.max(right);
     }
+    let width = width.ceil();
     let height = y + 10.0;
     let mut svg = String::new();
     let _ = writeln!(svg, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
     let _ = writeln!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_WIDTH}" height="{height:.0}" viewBox="0 0 {SVG_WIDTH} {height:.0}">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height:.0}" viewBox="0 0 {width} {height:.0}">"#
     );
     let _ = writeln!(
         svg,
@@ -745,7 +754,7 @@ pub fn render_svg(t: &Timeline) -> String {
     );
     let _ = writeln!(
         svg,
-        r#"<rect x="0" y="0" width="{SVG_WIDTH}" height="{height:.0}" fill="white"/>"#
+        r#"<rect x="0" y="0" width="{width}" height="{height:.0}" fill="white"/>"#
     );
     svg.push_str(&body);
     svg.push_str("</svg>\n");
@@ -894,7 +903,9 @@ mod tests {
         assert_eq!(ev.stage1_us(), Some(50_000));
         assert_eq!(ev.last_us, Some(1_200_000));
         // Other init paths count too (the shell stage 1 is also /init; a custom rdinit= is not).
-        let ev = kernel_events("[ 2.000000] Run /sbin/init as init process\n[ 2.5] stage2-probe: started\n");
+        let ev = kernel_events(
+            "[ 2.000000] Run /sbin/init as init process\n[ 2.5] stage2-probe: started\n",
+        );
         assert_eq!(ev.stage1_us(), Some(500_000));
         assert_eq!(kernel_events("").stage1_us(), None);
     }
@@ -914,7 +925,8 @@ mod tests {
 
     #[test]
     fn bad_inputs() {
-        let cases: &[(&str, fn(&AnalyzeError) -> bool)] = &[
+        type Check = fn(&AnalyzeError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| matches!(e, AnalyzeError::NoTimelineLine)),
             ("{", |e| matches!(e, AnalyzeError::Json(_))),
             (r#"{"version":2,"initStartUs":1}"#, |e| {
@@ -937,7 +949,10 @@ mod tests {
         let many: Vec<String> = (0..=MAX_PHASES)
             .map(|i| format!(r#"{{"name":"p{i}","startUs":{i},"endUs":{i}}}"#))
             .collect();
-        let text = format!(r#"{{"version":1,"initStartUs":0,"phases":[{}]}}"#, many.join(","));
+        let text = format!(
+            r#"{{"version":1,"initStartUs":0,"phases":[{}]}}"#,
+            many.join(",")
+        );
         assert_eq!(
             parse_timeline_json(&text).unwrap_err(),
             AnalyzeError::TooManyPhases(MAX_PHASES + 1)
@@ -982,13 +997,13 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(row("kernel")[1..3], ["0.000", "1000.000"]);
-        assert_eq!(row("initramfs")[2..4], ["412.000", "100.345"]);
+        assert_eq!(row("initramfs unpack")[2..4], ["412.000", "100.345"]);
         assert_eq!(row("exec /init")[2..5], ["1000.000", "0.800", "1.6%"]);
         assert_eq!(row("mounts")[1..4], ["1012.800", "30.000", "60.0%"]);
         assert_eq!(row("modules")[1..5], ["1002.800", "10.000", "20.0%", "5"]);
         assert_eq!(row("exec stage 2")[3..6], ["1048.800", "1.200", "2.4%"]);
         assert_eq!(row("stage 1 total")[3..6], ["1000.000", "50.000", "100.0%"]);
-        assert_eq!(row("outside phases")[2..4], ["2.000", "4.0%"]);
+        assert_eq!(row("outside phases")[2..5], ["-", "2.000", "4.0%"]);
         // A failed phase says so.
         let mut t = t;
         t.phases[2].ok = false;
@@ -1048,14 +1063,18 @@ mod tests {
             let mut attrs = tag[name_end..].trim();
             let mut names = Vec::new();
             while !attrs.is_empty() {
-                let eq = attrs.find('=').ok_or(format!("attribute without value in {tag}"))?;
+                let eq = attrs
+                    .find('=')
+                    .ok_or(format!("attribute without value in {tag}"))?;
                 let an = attrs[..eq].trim();
                 if names.contains(&an) {
                     return Err(format!("duplicate attribute {an} in {tag}"));
                 }
                 names.push(an);
                 let after = &attrs[eq + 1..];
-                let after = after.strip_prefix('"').ok_or(format!("unquoted {an} in {tag}"))?;
+                let after = after
+                    .strip_prefix('"')
+                    .ok_or(format!("unquoted {an} in {tag}"))?;
                 let close = after.find('"').ok_or("unterminated attribute")?;
                 let value = &after[..close];
                 if value.contains('<') {
@@ -1132,7 +1151,15 @@ mod tests {
         let labels: Vec<&str> = stage1.iter().map(|b| b.0.as_str()).collect();
         assert_eq!(
             labels,
-            ["exec /init", "frame", "modules", "mounts", "registration", "switch_root", "exec stage 2"]
+            [
+                "exec /init",
+                "frame",
+                "modules",
+                "mounts",
+                "registration",
+                "switch_root",
+                "exec stage 2"
+            ]
         );
         // Widths proportional to durations: mounts 30 ms, modules 10 ms, frame 2 ms.
         let w = |name: &str| stage1.iter().find(|b| b.0 == name).unwrap().2;
@@ -1169,7 +1196,11 @@ mod tests {
         let svg = dir.path().join("t.svg");
         let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            main(&args(&["--svg", svg.to_str().unwrap(), log.to_str().unwrap()])),
+            main(&args(&[
+                "--svg",
+                svg.to_str().unwrap(),
+                log.to_str().unwrap()
+            ])),
             0
         );
         check_well_formed(&std::fs::read_to_string(&svg).unwrap()).unwrap();
@@ -1177,7 +1208,10 @@ mod tests {
         assert_eq!(main(&args(&["--svg"])), 2);
         assert_eq!(main(&args(&["--bogus", "x"])), 2);
         assert_eq!(main(&args(&["a", "b"])), 2);
-        assert_eq!(main(&args(&[dir.path().join("missing").to_str().unwrap()])), 1);
+        assert_eq!(
+            main(&args(&[dir.path().join("missing").to_str().unwrap()])),
+            1
+        );
         let bad = dir.path().join("bad.log");
         std::fs::write(&bad, "[ 1.0] Run /init as init process\n").unwrap();
         assert_eq!(main(&args(&[bad.to_str().unwrap()])), 1);

@@ -80,7 +80,11 @@ fn next_arg(s: &str) -> (Arg<'_>, &str) {
     let ends_with_quote = end > start && bytes[end - 1] == b'"';
     let arg = match equals {
         None => {
-            let stop = if quoted && ends_with_quote { end - 1 } else { end };
+            let stop = if quoted && ends_with_quote {
+                end - 1
+            } else {
+                end
+            };
             Arg {
                 param: &s[start..stop],
                 value: None,
@@ -108,7 +112,10 @@ fn next_arg(s: &str) -> (Arg<'_>, &str) {
         }
     };
     let rest = &s[end..];
-    (arg, rest.trim_start_matches(|c: char| c.is_ascii() && is_space(c as u8)))
+    (
+        arg,
+        rest.trim_start_matches(|c: char| c.is_ascii() && is_space(c as u8)),
+    )
 }
 
 fn args(text: &str) -> Vec<Arg<'_>> {
@@ -203,10 +210,7 @@ impl Cmdline {
             }
             c.kernel_param(arg);
         }
-        c.init_args = it
-            .take_while(|a| !a.is_dashes())
-            .map(Arg::word)
-            .collect();
+        c.init_args = it.take_while(|a| !a.is_dashes()).map(Arg::word).collect();
         c
     }
 
@@ -250,7 +254,10 @@ impl Cmdline {
         }
         match arg.param {
             "init" => match arg.value {
-                Some(v) if v.starts_with('/') && !v.contains('\0') => self.init = Some(v.into()),
+                Some(v) if v.contains('\0') => {
+                    self.problem(format!("{}: contains a NUL byte", arg.word()))
+                }
+                Some(v) if v.starts_with('/') => self.init = Some(v.into()),
                 Some("") | None => self.problem(format!("{}: expected a path", arg.word())),
                 Some(_) => self.problem(format!("{}: expected an absolute path", arg.word())),
             },
@@ -373,8 +380,20 @@ mod tests {
         let cases: &[(&str, bool, bool, bool, &[&str])] = &[
             ("stage1panic=1", true, false, false, &[]),
             ("stage1panic=0", false, false, false, &[]),
-            ("stage1panic", false, false, false, &["stage1panic: expected =1 or =0"]),
-            ("stage1panic=yes", false, false, false, &["stage1panic=yes: expected =1 or =0"]),
+            (
+                "stage1panic",
+                false,
+                false,
+                false,
+                &["stage1panic: expected =1 or =0"],
+            ),
+            (
+                "stage1panic=yes",
+                false,
+                false,
+                false,
+                &["stage1panic=yes: expected =1 or =0"],
+            ),
             ("boot.panic_on_fail=1", true, false, false, &[]),
             (
                 "boot.panic_on_fail=maybe",
@@ -384,22 +403,51 @@ mod tests {
                 &["boot.panic_on_fail=maybe: expected no value, 0 or 1"],
             ),
             // Repeated flags: the last one wins.
-            ("boot.panic_on_fail boot.panic_on_fail=0", false, false, false, &[]),
-            ("boot.panic_on_fail=0 stage1panic=1", true, false, false, &[]),
+            (
+                "boot.panic_on_fail boot.panic_on_fail=0",
+                false,
+                false,
+                false,
+                &[],
+            ),
+            (
+                "boot.panic_on_fail=0 stage1panic=1",
+                true,
+                false,
+                false,
+                &[],
+            ),
             ("debugtrace", false, true, false, &[]),
             ("boot.debugtrace", false, true, false, &[]),
-            ("boot.trace=", false, false, false, &["boot.trace=: expected no value, 0 or 1"]),
+            (
+                "boot.trace=",
+                false,
+                false,
+                false,
+                &["boot.trace=: expected no value, 0 or 1"],
+            ),
             ("debug1", false, false, true, &[]),
             // Flags after `--` belong to init.
             ("-- boot.panic_on_fail", false, false, false, &[]),
             // Prefixes and case variants are other parameters.
-            ("boot.panic_on_failure BOOT.TRACE boot.debug", false, false, false, &[]),
+            (
+                "boot.panic_on_failure BOOT.TRACE boot.debug",
+                false,
+                false,
+                false,
+                &[],
+            ),
         ];
         for (input, panic, trace, debug1, problems) in cases {
             let c = parsed(input);
             assert_eq!(
                 (c.panic_on_fail, c.trace, c.debug1, c.problems.as_slice()),
-                (*panic, *trace, *debug1, &problems.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]),
+                (
+                    *panic,
+                    *trace,
+                    *debug1,
+                    &problems.iter().map(|s| s.to_string()).collect::<Vec<_>>()[..]
+                ),
                 "{input:?}"
             );
         }
@@ -414,9 +462,14 @@ mod tests {
             ("init=/a init=/b", Some("/b"), &[]),
             ("init=/a init=", Some("/a"), &["init=: expected a path"]),
             ("init", None, &["init: expected a path"]),
-            ("init=sbin/init", None, &["init=sbin/init: expected an absolute path"]),
+            (
+                "init=sbin/init",
+                None,
+                &["init=sbin/init: expected an absolute path"],
+            ),
             (r#"init="/my dir/init""#, Some("/my dir/init"), &[]),
             ("init=/x=y/init", Some("/x=y/init"), &[]),
+            ("init=/a\0b", None, &["init=/a\0b: contains a NUL byte"]),
             // After `--` it is an argument for init, not a parameter.
             ("init=/a -- init=/b", Some("/a"), &[]),
         ];
@@ -454,14 +507,26 @@ mod tests {
             ("netboot.loglevel=info", Some(LevelFilter::Info), 0),
             ("netboot.loglevel=trace", Some(LevelFilter::Trace), 0),
             ("netboot.loglevel=off", Some(LevelFilter::Off), 0),
-            ("netboot.loglevel=debug netboot.loglevel=info", Some(LevelFilter::Info), 0),
+            (
+                "netboot.loglevel=debug netboot.loglevel=info",
+                Some(LevelFilter::Info),
+                0,
+            ),
             ("netboot.loglevel=loud", None, 1),
             ("netboot.loglevel", None, 1),
-            ("netboot.loglevel=info netboot.loglevel=7", Some(LevelFilter::Info), 1),
+            (
+                "netboot.loglevel=info netboot.loglevel=7",
+                Some(LevelFilter::Info),
+                1,
+            ),
         ];
         for (input, want, problems) in cases {
             let c = parsed(input);
-            assert_eq!((c.log_level, c.problems.len()), (*want, *problems), "{input:?}");
+            assert_eq!(
+                (c.log_level, c.problems.len()),
+                (*want, *problems),
+                "{input:?}"
+            );
         }
         assert_eq!(
             parsed("netboot.loglevel=loud").problems,
@@ -473,8 +538,14 @@ mod tests {
     fn module_params_table() {
         let cases: &[(&str, &[(&str, &str)])] = &[
             ("squashfs.foo=bar", &[("squashfs", "foo=bar")]),
-            ("snd-hda-intel.model=auto", &[("snd_hda_intel", "model=auto")]),
-            ("loop.max_loop=8 loop.max_part=2", &[("loop", "max_loop=8"), ("loop", "max_part=2")]),
+            (
+                "snd-hda-intel.model=auto",
+                &[("snd_hda_intel", "model=auto")],
+            ),
+            (
+                "loop.max_loop=8 loop.max_part=2",
+                &[("loop", "max_loop=8"), ("loop", "max_part=2")],
+            ),
             ("usbcore.nousb", &[("usbcore", "nousb")]),
             ("mod.p=a.b", &[("mod", "p=a.b")]),
             (r#"mod.p="a b""#, &[("mod", "p=\"a b\"")]),
@@ -486,8 +557,10 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = parsed(input).module_params;
-            let want: Vec<(String, String)> =
-                want.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(m, p)| (m.to_string(), p.to_string()))
+                .collect();
             assert_eq!(got, want, "{input:?}");
         }
     }
@@ -495,7 +568,12 @@ mod tests {
     #[test]
     fn wants_shell() {
         assert!(!parsed("").wants_shell());
-        for p in ["boot.shell_on_fail", "boot.debug1", "boot.debug1devices", "boot.debug1mounts"] {
+        for p in [
+            "boot.shell_on_fail",
+            "boot.debug1",
+            "boot.debug1devices",
+            "boot.debug1mounts",
+        ] {
             assert!(parsed(p).wants_shell(), "{p}");
         }
     }
@@ -507,7 +585,9 @@ mod tests {
         assert_eq!(c.init.as_deref(), Some("/a"));
         assert_eq!(
             c.problems,
-            [format!("command line longer than {MAX_CMDLINE_BYTES} bytes: the rest is ignored")]
+            [format!(
+                "command line longer than {MAX_CMDLINE_BYTES} bytes: the rest is ignored"
+            )]
         );
         assert!(split(&long).len() <= MAX_CMDLINE_BYTES / 2 + 1);
         // Truncation lands on a character boundary.
@@ -517,7 +597,10 @@ mod tests {
         let many = "boot.trace=x ".repeat(100);
         let c = parsed(&many);
         assert_eq!(c.problems.len(), MAX_PROBLEMS + 1);
-        assert_eq!(c.problems.last().map(String::as_str), Some("further problems not shown"));
+        assert_eq!(
+            c.problems.last().map(String::as_str),
+            Some("further problems not shown")
+        );
     }
 
     #[test]
@@ -525,5 +608,71 @@ mod tests {
         let words = ["a", "k=v w", "", "x\ty", "--x", "=a b"];
         let line: Vec<String> = words.iter().map(|w| quote(w)).collect();
         assert_eq!(split(&line.join(" ")), words);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Words the kernel can carry: anything but a double quote.
+    fn word() -> impl Strategy<Value = String> {
+        "[^\"]{0,12}"
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(text in any::<String>()) {
+            let words = split(&text);
+            let c = Cmdline::parse(&text);
+            prop_assert!(words.len() <= text.len());
+            prop_assert!(c.problems.len() <= MAX_PROBLEMS + 1);
+        }
+
+        #[test]
+        fn never_panics_on_cmdline_like_text(text in "[ a=\"\\-.b_\t]{0,64}") {
+            let c = Cmdline::parse(&text);
+            // Whatever the quotes do, no word is longer than the line.
+            for w in split(&text) {
+                prop_assert!(w.len() <= text.len());
+            }
+            prop_assert!(c.init_args.len() <= text.len());
+        }
+
+        #[test]
+        fn quoting_round_trips(words in prop::collection::vec(word(), 0..8)) {
+            let line: Vec<String> = words.iter().map(|w| quote(w)).collect();
+            prop_assert_eq!(split(&line.join(" ")), words);
+        }
+
+        #[test]
+        fn words_after_dashes_go_to_init(
+            params in prop::collection::vec("[a-z.=_0-9]{1,10}", 0..6),
+            args in prop::collection::vec(word().prop_filter("not --", |w| w != "--"), 0..6),
+        ) {
+            let params: Vec<String> = params.into_iter().filter(|p| p != "--").collect();
+            let quoted: Vec<String> = args.iter().map(|w| quote(w)).collect();
+            let line = format!("{} -- {}", params.join(" "), quoted.join(" "));
+            prop_assert_eq!(Cmdline::parse(&line).init_args, args);
+        }
+
+        #[test]
+        fn last_init_wins(paths in prop::collection::vec("/[^\"\\s\0]{0,12}", 1..5)) {
+            let line: Vec<String> = paths.iter().map(|p| format!("init={p}")).collect();
+            let c = Cmdline::parse(&line.join(" "));
+            prop_assert_eq!(c.init.as_ref(), paths.last());
+        }
+
+        #[test]
+        fn module_params_keep_their_values(
+            module in "[a-z][a-z0-9_-]{0,8}",
+            param in "[a-z_]{1,8}",
+            value in "[^\"\\s]{0,8}",
+        ) {
+            prop_assume!(!NOT_MODULES.contains(&module.as_str()));
+            let c = Cmdline::parse(&format!("{module}.{param}={value}"));
+            prop_assert_eq!(c.module_params, vec![(module.replace('-', "_"), format!("{param}={value}"))]);
+        }
     }
 }

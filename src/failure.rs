@@ -29,7 +29,11 @@ pub enum Action {
 
 /// Decides what to do, with the notes to log about why (for example a shell that was asked
 /// for on the kernel command line but not allowed by the config).
-pub fn decide<S: FailureOps>(sys: &S, cmdline: &Cmdline, policy: &Failure) -> (Action, Vec<String>) {
+pub fn decide<S: FailureOps>(
+    sys: &S,
+    cmdline: &Cmdline,
+    policy: &Failure,
+) -> (Action, Vec<String>) {
     let mut notes = Vec::new();
     if cmdline.panic_on_fail {
         return (Action::Panic, notes);
@@ -69,7 +73,10 @@ pub fn debug_shell_allowed<S: FailureOps>(sys: &S, policy: &Failure) -> Result<(
         return Err("not allowed by the config (failure.emergencyAccess is false)".into());
     }
     if !sys.is_executable(Path::new(&policy.shell)) {
-        return Err(format!("{} is not in the initrd or not executable", policy.shell));
+        return Err(format!(
+            "{} is not in the initrd or not executable",
+            policy.shell
+        ));
     }
     Ok(())
 }
@@ -121,7 +128,10 @@ impl FailureOps for Real {
     fn run_shell(&self, shell: &Path) -> Result<i32, Errno> {
         use std::process::Command;
         let mut command = Command::new(shell);
-        command.env_clear().env("PATH", "/bin:/sbin").env("PS1", "netboot-init# ");
+        command
+            .env_clear()
+            .env("PATH", "/bin:/sbin")
+            .env("PS1", "netboot-init# ");
         let mut child = crate::frame::reaper::spawn_owned(&mut command)
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)))?;
         let status = child.wait();
@@ -205,10 +215,28 @@ mod tests {
             ("", true, true, reboot.clone(), vec![]),
             ("boot.panic_on_fail", true, true, Action::Panic, vec![]),
             ("stage1panic=1", false, false, Action::Panic, vec![]),
-            ("boot.shell_on_fail", false, true, reboot.clone(), vec![denied]),
-            ("boot.shell_on_fail", true, false, reboot.clone(), vec![missing]),
+            (
+                "boot.shell_on_fail",
+                false,
+                true,
+                reboot.clone(),
+                vec![denied],
+            ),
+            (
+                "boot.shell_on_fail",
+                true,
+                false,
+                reboot.clone(),
+                vec![missing],
+            ),
             ("boot.shell_on_fail", true, true, shell, vec![]),
-            ("boot.shell_on_fail boot.panic_on_fail", true, true, Action::Panic, vec![]),
+            (
+                "boot.shell_on_fail boot.panic_on_fail",
+                true,
+                true,
+                Action::Panic,
+                vec![],
+            ),
         ];
         for (text, allowed, present, action, notes) in table {
             let fake = Fake::new();
@@ -216,7 +244,10 @@ mod tests {
                 fake.fail_on("access-x", Errno::ENOENT);
             }
             let (got, got_notes) = decide(&fake, &cmdline(text), &policy(allowed));
-            assert_eq!(got, action, "cmdline {text:?} allowed {allowed} present {present}");
+            assert_eq!(
+                got, action,
+                "cmdline {text:?} allowed {allowed} present {present}"
+            );
             assert_eq!(got_notes, notes, "cmdline {text:?}");
         }
     }
@@ -233,7 +264,13 @@ mod tests {
     fn shell_then_reboot() {
         let fake = Fake::new();
         let err = anyhow::anyhow!("boom");
-        let action = fail(&fake, &cmdline("boot.shell_on_fail"), &policy(true), "mounts", &err);
+        let action = fail(
+            &fake,
+            &cmdline("boot.shell_on_fail"),
+            &policy(true),
+            "mounts",
+            &err,
+        );
         assert!(matches!(action, Action::Shell { .. }));
         assert_eq!(
             fake.calls(),
@@ -245,7 +282,13 @@ mod tests {
     fn panic_ends_pid_1() {
         let fake = Fake::new();
         let err = anyhow::anyhow!("boom");
-        fail(&fake, &cmdline("boot.panic_on_fail"), &policy(true), "modules", &err);
+        fail(
+            &fake,
+            &cmdline("boot.panic_on_fail"),
+            &policy(true),
+            "modules",
+            &err,
+        );
         assert_eq!(fake.calls(), vec!["exit-to-kernel-panic"]);
     }
 

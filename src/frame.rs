@@ -291,7 +291,10 @@ mod tests {
         );
         let mounts = fake.calls_starting_with("mount ");
         let r = root.path().display();
-        assert_eq!(mounts[0], format!("mount proc {r}/proc proc flags=0xe data="));
+        assert_eq!(
+            mounts[0],
+            format!("mount proc {r}/proc proc flags=0xe data=")
+        );
         assert_eq!(
             mounts[2],
             format!("mount devtmpfs {r}/dev devtmpfs flags=0x2 data=mode=0755")
@@ -342,7 +345,10 @@ mod tests {
         let knob = root.path().join("proc/sys/kernel/printk_devkmsg");
         std::fs::write(&knob, "ratelimit\n").unwrap();
         let fake = Fake::new();
-        assert_eq!(unlimit_kmsg(&fake, root.path()).as_deref(), Some("ratelimit"));
+        assert_eq!(
+            unlimit_kmsg(&fake, root.path()).as_deref(),
+            Some("ratelimit")
+        );
         assert_eq!(fake.calls(), vec![format!("write {} on", knob.display())]);
         std::fs::write(&knob, "on\n").unwrap();
         let fake = Fake::new();

@@ -38,10 +38,18 @@ pub struct Stage2 {
 pub fn check_stage2(target_root: &Path, init: &str) -> anyhow::Result<()> {
     let inside = target_root.join(init.trim_start_matches('/'));
     // A symlink in the new root is resolved as stage 2 will see it, not as the initramfs does.
-    let resolved = resolve_in_root(target_root, Path::new(init))
-        .with_context(|| format!("stage-2 init {init} not found in the new root ({})", inside.display()))?;
-    let meta = std::fs::metadata(&resolved)
-        .with_context(|| format!("stage-2 init {init} not found in the new root ({})", inside.display()))?;
+    let resolved = resolve_in_root(target_root, Path::new(init)).with_context(|| {
+        format!(
+            "stage-2 init {init} not found in the new root ({})",
+            inside.display()
+        )
+    })?;
+    let meta = std::fs::metadata(&resolved).with_context(|| {
+        format!(
+            "stage-2 init {init} not found in the new root ({})",
+            inside.display()
+        )
+    })?;
     use std::os::unix::fs::PermissionsExt;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
         anyhow::bail!("stage-2 init {init} is not an executable file");
@@ -109,7 +117,11 @@ pub fn switch_root<S: SwitchRootOps>(
         .with_context(|| format!("exec of stage-2 init {} failed", stage2.init))
 }
 
-fn prepare<S: SwitchRootOps>(sys: &S, initrd_root: &Path, target_root: &Path) -> anyhow::Result<()> {
+fn prepare<S: SwitchRootOps>(
+    sys: &S,
+    initrd_root: &Path,
+    target_root: &Path,
+) -> anyhow::Result<()> {
     for api in MOVED_MOUNTS {
         let from = initrd_root.join(api.trim_start_matches('/'));
         let to = target_root.join(api.trim_start_matches('/'));
@@ -127,7 +139,8 @@ fn prepare<S: SwitchRootOps>(sys: &S, initrd_root: &Path, target_root: &Path) ->
         .context("deleting the initramfs contents")?;
     log::info!("freed the initramfs ({removed} entries)");
     sys.make_cwd_root().context("making the new root /")?;
-    sys.chdir(Path::new("/")).context("changing directory to /")?;
+    sys.chdir(Path::new("/"))
+        .context("changing directory to /")?;
     // The kmsg descriptor is one of the stray ones; the console stays on fds 1 and 2.
     crate::logging::use_console();
     sys.close_stray_fds().context("closing stray descriptors")?;
@@ -190,7 +203,10 @@ impl SwitchRootOps for Real {
         let to_c = |s: &str| CString::new(s).map_err(|_| Errno::EINVAL);
         let prepared = (|| -> Result<(CString, Vec<CString>, Vec<CString>), Errno> {
             let path = to_c(&path.to_string_lossy())?;
-            let argv = argv.iter().map(|a| to_c(a)).collect::<Result<Vec<_>, _>>()?;
+            let argv = argv
+                .iter()
+                .map(|a| to_c(a))
+                .collect::<Result<Vec<_>, _>>()?;
             let env = env.iter().map(|e| to_c(e)).collect::<Result<Vec<_>, _>>()?;
             Ok((path, argv, env))
         })();
@@ -210,7 +226,11 @@ impl SwitchRootOps for Fake {
         self.record(format!("move-mount {} {}", from.display(), to.display()))
     }
     fn remove_initramfs(&self, root: &Path, keep: &Path) -> Result<u64, Errno> {
-        self.record(format!("remove-initramfs {} keep {}", root.display(), keep.display()))?;
+        self.record(format!(
+            "remove-initramfs {} keep {}",
+            root.display(),
+            keep.display()
+        ))?;
         Ok(0)
     }
     fn chdir(&self, path: &Path) -> Result<(), Errno> {
@@ -319,7 +339,7 @@ mod tests {
     fn each_failure_names_its_step() {
         let table = [
             ("move-mount /sys", "moving /sys to /mnt-root/sys: EINVAL: Invalid argument"),
-            ("remove-initramfs", "deleting the initramfs contents: EXDEV: Invalid cross-device link"),
+            ("remove-initramfs", "deleting the initramfs contents: EXDEV: Cross-device link"),
             ("move-mount . /", "making the new root /: EINVAL: Invalid argument"),
             (
                 "exec",
@@ -334,7 +354,8 @@ mod tests {
                 _ => Errno::EINVAL,
             };
             fake.fail_on(prefix, errno);
-            let err = switch_root(&fake, Path::new("/"), Path::new("/mnt-root"), &stage2()).unwrap_err();
+            let err =
+                switch_root(&fake, Path::new("/"), Path::new("/mnt-root"), &stage2()).unwrap_err();
             assert_eq!(format!("{err:#}"), message);
         }
     }
@@ -346,11 +367,16 @@ mod tests {
         let sys_dir = root.path().join("nix/store/abc-system");
         std::fs::create_dir_all(&sys_dir).unwrap();
         let err = check_stage2(root.path(), "/nix/store/abc-system/init").unwrap_err();
-        assert!(format!("{err:#}").starts_with("stage-2 init /nix/store/abc-system/init not found in the new root"));
+        assert!(format!("{err:#}")
+            .starts_with("stage-2 init /nix/store/abc-system/init not found in the new root"));
         std::fs::write(sys_dir.join("init"), "#!/bin/sh\n").unwrap();
         let err = check_stage2(root.path(), "/nix/store/abc-system/init").unwrap_err();
-        assert_eq!(err.to_string(), "stage-2 init /nix/store/abc-system/init is not an executable file");
-        std::fs::set_permissions(sys_dir.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            err.to_string(),
+            "stage-2 init /nix/store/abc-system/init is not an executable file"
+        );
+        std::fs::set_permissions(sys_dir.join("init"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
         check_stage2(root.path(), "/nix/store/abc-system/init").unwrap();
         // An absolute symlink resolves inside the new root, as stage 2 will see it.
         std::os::unix::fs::symlink("/nix/store/abc-system", root.path().join("sys-link")).unwrap();

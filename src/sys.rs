@@ -17,6 +17,7 @@ pub struct Real;
 pub struct Fake {
     calls: Mutex<Vec<String>>,
     failures: Mutex<Vec<(String, Errno)>>,
+    responses: Mutex<Vec<(String, String)>>,
     release: Mutex<String>,
 }
 
@@ -59,6 +60,26 @@ impl Fake {
             Some(errno) => Err(errno),
             None => Ok(()),
         }
+    }
+
+    /// Calls whose line starts with `prefix` get `response` from [`Fake::response`]; what it
+    /// means is up to the trait implementation (e.g. a child's exit status and output).
+    pub fn respond_on(&self, prefix: &str, response: &str) -> &Self {
+        self.responses
+            .lock()
+            .unwrap()
+            .push((prefix.to_string(), response.to_string()));
+        self
+    }
+
+    /// The response set for `call`, if any.
+    pub fn response(&self, call: &str) -> Option<String> {
+        self.responses
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(prefix, _)| call.starts_with(prefix.as_str()))
+            .map(|(_, response)| response.clone())
     }
 
     /// The calls so far, in order.

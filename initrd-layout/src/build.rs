@@ -95,6 +95,8 @@ pub struct BuildReport {
     /// Where the uncompressed store-image archive starts (None in single-archive mode). The
     /// compressed part is `[0, offset)`, zero-padded to a multiple of 4.
     pub store_archive_offset: Option<u64>,
+    /// Length of the compressed part itself, before the zero padding.
+    pub compressed_len: u64,
     /// Size of the small part's cpio archive before compression.
     pub small_archive_len: u64,
     pub kernel_release: String,
@@ -255,7 +257,11 @@ fn plan_modules(opts: &BuildOptions, config: &Config, small: &mut Archive, dest_
         let rel = m.path.to_string_lossy().into_owned();
         let src = tree.join(&m.path);
         let data = std::fs::read(&src).with_context(|| {
-            format!("module {} is listed in {}/modules.dep but cannot be read", m.name, tree.display())
+            format!(
+                "module {} ({}) is listed in modules.dep but cannot be read",
+                m.name,
+                src.display()
+            )
         })?;
         let (rel, data) = if opts.keep_module_compression {
             (rel, data)
@@ -265,7 +271,7 @@ fn plan_modules(opts: &BuildOptions, config: &Config, small: &mut Archive, dest_
         small.add_bytes(&format!("{dest_dir}/{rel}"), 0o644, data)?;
     }
 
-    let filter = |file: &str, keyword: &str, name_at: usize| -> Result<()> {
+    let mut filter = |file: &str, keyword: &str, name_at: usize| -> Result<()> {
         let p = tree.join(file);
         let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
         let mut out = String::new();
@@ -415,6 +421,7 @@ fn write(opts: &BuildOptions, plan: &mut Plan, tmp: &Path) -> Result<BuildReport
         Ok(())
     })?;
     let mut end = file.seek(SeekFrom::End(0)).context("seeking the initrd")?;
+    let compressed_len = end;
     let mut store_archive_offset = None;
     if !opts.single_archive {
         // The kernel only accepts the next archive's header at a 4-byte aligned offset and
@@ -433,6 +440,7 @@ fn write(opts: &BuildOptions, plan: &mut Plan, tmp: &Path) -> Result<BuildReport
         output: tmp.to_path_buf(),
         total_len: end,
         store_archive_offset,
+        compressed_len,
         small_archive_len: small_len,
         kernel_release: plan.kernel_release.clone(),
         modules: plan.modules.clone(),

@@ -276,7 +276,7 @@ impl Archive {
 
     /// Writes the archive with every mtime set to `mtime`; returns the number of bytes written
     /// (a multiple of 4).
-    pub fn write_to<W: Write>(&self, out: &mut W, mtime: u32) -> Result<u64, CpioError> {
+    pub fn write_to<W: Write + ?Sized>(&self, out: &mut W, mtime: u32) -> Result<u64, CpioError> {
         let mut w = Counting { inner: out, count: 0 };
         for (ino, (path, entry)) in (1u32..).zip(self.entries.iter()) {
             let (mode, nlink, size, rdev) = match &entry.kind {
@@ -346,7 +346,7 @@ struct Header<'a> {
 }
 
 impl Header<'_> {
-    fn write<W: Write>(&self, w: &mut Counting<W>) -> io::Result<()> {
+    fn write<W: Write + ?Sized>(&self, w: &mut Counting<W>) -> io::Result<()> {
         let namesize = self.name.len() as u32 + 1;
         let text = format!(
             "{MAGIC}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
@@ -359,12 +359,12 @@ impl Header<'_> {
     }
 }
 
-struct Counting<'a, W: Write> {
+struct Counting<'a, W: Write + ?Sized> {
     inner: &'a mut W,
     count: u64,
 }
 
-impl<W: Write> Write for Counting<'_, W> {
+impl<W: Write + ?Sized> Write for Counting<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.count += n as u64;
@@ -375,7 +375,7 @@ impl<W: Write> Write for Counting<'_, W> {
     }
 }
 
-fn pad4<W: Write>(w: &mut Counting<W>) -> io::Result<()> {
+fn pad4<W: Write + ?Sized>(w: &mut Counting<W>) -> io::Result<()> {
     let rem = (w.count % 4) as usize;
     if rem != 0 {
         w.write_all(&[0u8; 4][..4 - rem])?;
@@ -383,7 +383,7 @@ fn pad4<W: Write>(w: &mut Counting<W>) -> io::Result<()> {
     Ok(())
 }
 
-fn copy_exact<W: Write>(src: &Path, size: u64, w: &mut Counting<W>) -> Result<(), CpioError> {
+fn copy_exact<W: Write + ?Sized>(src: &Path, size: u64, w: &mut Counting<W>) -> Result<(), CpioError> {
     let file = File::open(src).map_err(|e| CpioError::Read {
         source_path: src.to_path_buf(),
         source: e,
@@ -407,7 +407,7 @@ fn copy_exact<W: Write>(src: &Path, size: u64, w: &mut Counting<W>) -> Result<()
 
 /// Writes one archive holding a single file at `path`, streamed from `source`. Used for the
 /// store image, which must not be read into memory.
-pub fn write_single_file<W: Write>(out: &mut W, path: &str, perm: u32, source: &Path, mtime: u32) -> Result<u64, CpioError> {
+pub fn write_single_file<W: Write + ?Sized>(out: &mut W, path: &str, perm: u32, source: &Path, mtime: u32) -> Result<u64, CpioError> {
     let mut a = Archive::new();
     a.add_file(path, perm, source)?;
     a.write_to(out, mtime)

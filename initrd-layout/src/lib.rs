@@ -4,8 +4,11 @@
 pub mod build;
 pub mod compress;
 pub mod cpio;
-pub mod modindex;
+pub mod netboot_dir;
+pub mod store_image;
 pub mod upstream;
 
 pub use build::{build, BuildOptions, BuildReport, ExtraFile};
 pub use compress::Compression;
+pub use netboot_dir::{make_netboot_dir, NetbootDirOptions};
+pub use store_image::{make_store_image, StoreImageOptions};

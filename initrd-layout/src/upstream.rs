@@ -1,9 +1,10 @@
 //! The pieces of `netboot_init` the layout relies on: config validation, the modules the
-//! config implies, and the module closure. Kept in one place so the builder uses exactly the
-//! rules the init applies at boot.
+//! config implies, and the module closure. The builder uses exactly the rules the init
+//! applies at boot.
 
 use anyhow::{Context, Result};
 use netboot_init::config::Config;
+use netboot_init::modules::index::ModulesIndex;
 use std::path::{Path, PathBuf};
 
 /// One module of the closure: its name and its path relative to the modules tree.
@@ -15,13 +16,13 @@ pub struct ClosureModule {
 
 /// Parses and validates the config text the way the init does at boot.
 pub fn parse_config(text: &str) -> Result<Config> {
-    crate::modindex::parse_config(text)
+    Ok(Config::parse(text)?)
 }
 
 /// The module names the config needs: its `kernelModules` plus those its file systems imply.
 pub fn needed_modules(config: &Config) -> Vec<String> {
     let mut names = config.kernel_modules.clone();
-    for m in crate::modindex::implied_by_file_systems(config) {
+    for m in netboot_init::modules::implied_by_file_systems(config) {
         if !names.contains(&m) {
             names.push(m);
         }
@@ -31,7 +32,13 @@ pub fn needed_modules(config: &Config) -> Vec<String> {
 
 /// The modules (with dependencies and softdeps, builtins excluded) to ship for `names`.
 pub fn module_closure(modules_tree: &Path, names: &[String]) -> Result<Vec<ClosureModule>> {
-    let index = crate::modindex::ModulesIndex::load(modules_tree)
+    if !modules_tree.join("modules.dep").is_file() {
+        anyhow::bail!(
+            "{} has no modules.dep: run `depmod -b <root> <release>` on the unpacked kernel package first",
+            modules_tree.display()
+        );
+    }
+    let index = ModulesIndex::load(modules_tree)
         .with_context(|| format!("reading the module index of {}", modules_tree.display()))?;
     let entries = index.closure(names)?;
     Ok(entries

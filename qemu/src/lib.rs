@@ -2,8 +2,17 @@
 //! the static binaries, makes a fixture system with the real Nix, boots scenarios under QEMU and
 //! judges them from the serial console.
 
+pub mod bench;
+pub mod demo;
 pub mod elf;
+pub mod fixture;
+pub mod images;
+pub mod netboot;
 pub mod probe;
+pub mod scenarios;
+pub mod setup;
+pub mod statics;
+pub mod vm;
 
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -30,18 +39,22 @@ impl ScenarioResult {
     }
 }
 
-pub fn setup(_ws: &Path) -> Result<()> {
-    anyhow::bail!("setup: not implemented yet")
+/// Idempotent host set-up: backports source, Debian packages, kernels under `target/netboot/kernels`.
+pub fn setup(ws: &Path) -> Result<()> {
+    setup::setup(ws)
 }
 
-pub fn build_static(_ws: &Path) -> Result<StaticBins> {
-    anyhow::bail!("build_static: not implemented yet")
+/// Builds netboot-init and the stage-2 probe as static binaries and checks they are static.
+pub fn build_static(ws: &Path) -> Result<StaticBins> {
+    statics::build_static(ws)
 }
 
-pub fn run_scenarios(_ws: &Path, _only: &[String]) -> Result<Vec<ScenarioResult>> {
-    anyhow::bail!("run_scenarios: not implemented yet")
+/// Runs the scenarios named in `only` (all when empty), two at a time, printing one line each.
+pub fn run_scenarios(ws: &Path, only: &[String]) -> Result<Vec<ScenarioResult>> {
+    scenarios::run_scenarios(ws, only)
 }
 
-pub fn demo(_ws: &Path) -> Result<()> {
-    anyhow::bail!("demo: not implemented yet")
+/// Boots the 6.12 demo image, streams its console and prints the per-phase timings.
+pub fn demo(ws: &Path) -> Result<()> {
+    demo::demo(ws)
 }

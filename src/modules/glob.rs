@@ -4,7 +4,9 @@
 
 /// Whether `pattern` uses any glob syntax (plain aliases can be looked up exactly).
 pub fn is_glob(pattern: &str) -> bool {
-    pattern.bytes().any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
+    pattern
+        .bytes()
+        .any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))
 }
 
 /// Matches `text` against `pattern`. Linear backtracking on the last `*` only, so the time is
@@ -141,7 +143,11 @@ mod tests {
                 "pci:v00001AF4d000010D3sv00008086sd0000A01Fbc02sc00i00",
                 false,
             ),
-            ("usb:v*p*d*dc*dsc*dp*ic03isc*ip*in*", "usb:v046Dp_C52Bd1211dc00dsc00dp00ic03isc01ip02in00", true),
+            (
+                "usb:v*p*d*dc*dsc*dp*ic03isc*ip*in*",
+                "usb:v046Dp_C52Bd1211dc00dsc00dp00ic03isc01ip02in00",
+                true,
+            ),
             ("acpi*:PNP0C0A:*", "acpi:PNP0C0A:", true),
             ("dmi*:svnLENOVO:*", "dmi:bvnX:svnLENOVO:pn20", true),
         ];

@@ -45,7 +45,11 @@ pub enum IndexError {
         source: std::io::Error,
     },
     #[error("{}: {size} bytes is more than the limit of {limit}", path.display())]
-    TooLarge { path: PathBuf, size: u64, limit: u64 },
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("{}: {source}", path.display())]
     Parse {
         path: PathBuf,
@@ -110,7 +114,10 @@ fn lines(text: &str) -> impl Iterator<Item = Result<(usize, &str), ParseError>> 
         if line.len() > MAX_LINE_BYTES {
             return Some(Err(perr(
                 n,
-                format!("line of {} bytes is longer than {MAX_LINE_BYTES}", line.len()),
+                format!(
+                    "line of {} bytes is longer than {MAX_LINE_BYTES}",
+                    line.len()
+                ),
             )));
         }
         let trimmed = line.trim();
@@ -564,7 +571,12 @@ impl ModulesIndex {
                 out.push(dep.clone());
             }
         }
-        for soft in self.softdeps.get(name).map(|s| s.pre.as_slice()).unwrap_or(&[]) {
+        for soft in self
+            .softdeps
+            .get(name)
+            .map(|s| s.pre.as_slice())
+            .unwrap_or(&[])
+        {
             for m in self.resolve_soft(name, soft) {
                 if m != name && !out.contains(&m) {
                     out.push(m);
@@ -694,10 +706,16 @@ mod tests {
         let cases: Vec<(&str, Want)> = vec![
             ("", Ok(vec![])),
             ("# comment\n\n", Ok(vec![])),
-            ("kernel/fs/squashfs/squashfs.ko:\n", Ok(vec![("kernel/fs/squashfs/squashfs.ko", vec![])])),
+            (
+                "kernel/fs/squashfs/squashfs.ko:\n",
+                Ok(vec![("kernel/fs/squashfs/squashfs.ko", vec![])]),
+            ),
             (
                 "a/x.ko.xz: b/y.ko.xz c/z.ko.xz\r\nb/y.ko.xz:\n",
-                Ok(vec![("a/x.ko.xz", vec!["b/y.ko.xz", "c/z.ko.xz"]), ("b/y.ko.xz", vec![])]),
+                Ok(vec![
+                    ("a/x.ko.xz", vec!["b/y.ko.xz", "c/z.ko.xz"]),
+                    ("b/y.ko.xz", vec![]),
+                ]),
             ),
             ("  a.ko :\tb.ko  \n", Ok(vec![("a.ko", vec!["b.ko"])])),
             ("a.ko b.ko\n", Err(1)),
@@ -730,19 +748,29 @@ mod tests {
         assert_eq!(e.line, 1);
         assert!(e.message.contains("longer"), "{e}");
         let many = format!("a.ko:{}\n", " b.ko".repeat(MAX_DEPS + 1));
-        assert!(parse_dep(&many).unwrap_err().message.contains("dependencies"));
+        assert!(parse_dep(&many)
+            .unwrap_err()
+            .message
+            .contains("dependencies"));
     }
 
     #[test]
     fn alias_table() {
-        let cases: Vec<(&str, Result<Vec<(&str, &str)>, usize>)> = vec![
+        type Want = Result<Vec<(&'static str, &'static str)>, usize>;
+        let cases: Vec<(&str, Want)> = vec![
             ("# Aliases extracted from modules themselves.\n", Ok(vec![])),
-            ("alias fs-squashfs squashfs\n", Ok(vec![("fs_squashfs", "squashfs")])),
+            (
+                "alias fs-squashfs squashfs\n",
+                Ok(vec![("fs_squashfs", "squashfs")]),
+            ),
             (
                 "alias pci:v00008086d*sv*sd*bc*sc*i* e1000-e\n",
                 Ok(vec![("pci:v00008086d*sv*sd*bc*sc*i*", "e1000_e")]),
             ),
-            ("alias of:N*T*Cfoo-[a-b]x bar\n", Ok(vec![("of:N*T*Cfoo_[a-b]x", "bar")])),
+            (
+                "alias of:N*T*Cfoo-[a-b]x bar\n",
+                Ok(vec![("of:N*T*Cfoo_[a-b]x", "bar")]),
+            ),
             ("alias only-two\n", Err(1)),
             ("alias a b\nalias a b c\n", Err(2)),
             ("options x y=1\n", Err(1)),
@@ -750,8 +778,10 @@ mod tests {
         for (text, want) in cases {
             match (parse_alias(text), want) {
                 (Ok(got), Ok(want)) => {
-                    let got: Vec<(&str, &str)> =
-                        got.iter().map(|a| (a.pattern.as_str(), a.module.as_str())).collect();
+                    let got: Vec<(&str, &str)> = got
+                        .iter()
+                        .map(|a| (a.pattern.as_str(), a.module.as_str()))
+                        .collect();
                     assert_eq!(got, want, "{text:?}");
                 }
                 (Err(e), Err(line)) => assert_eq!(e.line, line, "{text:?}"),
@@ -782,11 +812,15 @@ mod tests {
 
     #[test]
     fn builtin_modinfo_table() {
-        let cases: Vec<(&[u8], Result<Vec<(&str, &str, &str)>, usize>)> = vec![
+        type Want = Result<Vec<(&'static str, &'static str, &'static str)>, usize>;
+        let cases: Vec<(&[u8], Want)> = vec![
             (b"", Ok(vec![])),
             (
                 b"ext4.alias=fs-ext4\0ext4.license=GPL\0",
-                Ok(vec![("ext4", "alias", "fs-ext4"), ("ext4", "license", "GPL")]),
+                Ok(vec![
+                    ("ext4", "alias", "fs-ext4"),
+                    ("ext4", "license", "GPL"),
+                ]),
             ),
             (
                 b"zswap.parm=x:line one\nline two\0hid-generic.file=drivers/hid/hid-generic\0",
@@ -820,10 +854,22 @@ mod tests {
     fn softdep_table() {
         type Want = Result<Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)>, usize>;
         let cases: Vec<(&str, Want)> = vec![
-            ("# Soft dependencies extracted from modules themselves.\n", Ok(vec![])),
-            ("softdep ext4 pre: crypto-crc32c\n", Ok(vec![("ext4", vec!["crypto_crc32c"], vec![])])),
-            ("softdep m pre: a b post: c\n", Ok(vec![("m", vec!["a", "b"], vec!["c"])])),
-            ("softdep m post: c pre: a\n", Ok(vec![("m", vec!["a"], vec!["c"])])),
+            (
+                "# Soft dependencies extracted from modules themselves.\n",
+                Ok(vec![]),
+            ),
+            (
+                "softdep ext4 pre: crypto-crc32c\n",
+                Ok(vec![("ext4", vec!["crypto_crc32c"], vec![])]),
+            ),
+            (
+                "softdep m pre: a b post: c\n",
+                Ok(vec![("m", vec!["a", "b"], vec!["c"])]),
+            ),
+            (
+                "softdep m post: c pre: a\n",
+                Ok(vec![("m", vec!["a"], vec!["c"])]),
+            ),
             ("softdep cifs gcm\n", Ok(vec![("cifs", vec![], vec![])])),
             ("softdep a-b pre:\n", Ok(vec![("a_b", vec![], vec![])])),
             ("softdep\n", Err(1)),
@@ -858,8 +904,14 @@ mod tests {
         assert_eq!(normalize_name("hid-generic"), "hid_generic");
         assert_eq!(normalize_alias("fs-squashfs"), "fs_squashfs");
         assert_eq!(normalize_alias("of:N*T*Cx-[a-z]-y"), "of:N*T*Cx_[a-z]_y");
-        assert_eq!(name_from_path("kernel/fs/squashfs/squashfs.ko.xz"), "squashfs");
-        assert_eq!(name_from_path("kernel/drivers/hid/hid-generic.ko"), "hid_generic");
+        assert_eq!(
+            name_from_path("kernel/fs/squashfs/squashfs.ko.xz"),
+            "squashfs"
+        );
+        assert_eq!(
+            name_from_path("kernel/drivers/hid/hid-generic.ko"),
+            "hid_generic"
+        );
         assert_eq!(name_from_path("plain"), "plain");
     }
 
@@ -936,7 +988,10 @@ alias fs-vfat vfat
     #[test]
     fn not_found_names_the_directory() {
         let e = sample().resolve("nosuch").unwrap_err().to_string();
-        assert!(e.contains("nosuch") && e.contains("/lib/modules/test"), "{e}");
+        assert!(
+            e.contains("nosuch") && e.contains("/lib/modules/test"),
+            "{e}"
+        );
     }
 
     fn names(entries: &[ModuleEntry]) -> Vec<&str> {
@@ -948,11 +1003,20 @@ alias fs-vfat vfat
         let index = sample();
         let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
             (vec!["squashfs"], vec!["squashfs"]),
-            (vec!["loop", "squashfs", "overlay"], vec!["loop", "squashfs", "overlay", "posted"]),
+            (
+                vec!["loop", "squashfs", "overlay"],
+                vec!["loop", "squashfs", "overlay", "posted"],
+            ),
             // ext4: its modules.dep deps, jbd2's softdep resolved (vfat is builtin, the
             // other absent), ext4's softdep pre crc32c.
-            (vec!["fs-ext4"], vec!["jbd2", "mbcache", "crc16", "crc32c_generic", "ext4"]),
-            (vec!["ext4", "jbd2", "fs-ext3"], vec!["jbd2", "mbcache", "crc16", "crc32c_generic", "ext4"]),
+            (
+                vec!["fs-ext4"],
+                vec!["jbd2", "mbcache", "crc16", "crc32c_generic", "ext4"],
+            ),
+            (
+                vec!["ext4", "jbd2", "fs-ext3"],
+                vec!["jbd2", "mbcache", "crc16", "crc32c_generic", "ext4"],
+            ),
             (vec!["hid-generic"], vec!["hid", "hid_generic"]),
             (vec!["vfat", "fs-vfat"], vec![]),
             (vec![], vec![]),
@@ -972,7 +1036,10 @@ alias fs-vfat vfat
         let ext4 = index.closure(&["ext4".to_string()]).unwrap();
         let ext4 = ext4.iter().find(|e| e.name == "ext4").unwrap();
         assert_eq!(ext4.path, PathBuf::from("kernel/fs/ext4/ext4.ko.xz"));
-        assert_eq!(ext4.deps, vec!["jbd2", "mbcache", "crc16", "crc32c_generic"]);
+        assert_eq!(
+            ext4.deps,
+            vec!["jbd2", "mbcache", "crc16", "crc32c_generic"]
+        );
     }
 
     #[test]
@@ -983,8 +1050,14 @@ alias fs-vfat vfat
         assert!(e.to_string().contains("cyc_a -> cyc_b -> cyc_a"), "{e}");
         let e = index.closure(&["broken".to_string()]).unwrap_err();
         assert!(e.to_string().contains("absent"), "{e}");
-        let e = index.closure(&["squashfs".into(), "nope".into()]).unwrap_err();
-        assert!(e.to_string().contains("module nope not found in /lib/modules/test"), "{e}");
+        let e = index
+            .closure(&["squashfs".into(), "nope".into()])
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("module nope not found in /lib/modules/test"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1010,16 +1083,29 @@ alias fs-vfat vfat
     #[test]
     fn load_reads_a_directory() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("modules.dep"), "kernel/a.ko: kernel/b.ko\nkernel/b.ko:\n").unwrap();
+        std::fs::write(
+            dir.path().join("modules.dep"),
+            "kernel/a.ko: kernel/b.ko\nkernel/b.ko:\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("modules.alias"), "alias fs-a a\n").unwrap();
         let index = ModulesIndex::load(dir.path()).unwrap();
-        assert_eq!(names(&index.closure(&["fs-a".into()]).unwrap()), vec!["b", "a"]);
+        assert_eq!(
+            names(&index.closure(&["fs-a".into()]).unwrap()),
+            vec!["b", "a"]
+        );
 
-        std::fs::write(dir.path().join("modules.softdep"), "softdep a pre: b\nbogus\n").unwrap();
+        std::fs::write(
+            dir.path().join("modules.softdep"),
+            "softdep a pre: b\nbogus\n",
+        )
+        .unwrap();
         let e = ModulesIndex::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("modules.softdep") && e.contains("line 2"), "{e}");
 
-        let e = ModulesIndex::load(&dir.path().join("nope")).unwrap_err().to_string();
+        let e = ModulesIndex::load(&dir.path().join("nope"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope/modules.dep"), "{e}");
     }
 }

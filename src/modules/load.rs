@@ -223,11 +223,12 @@ pub fn load_one<S: ModuleOps>(
         }
     };
     let t0 = crate::timeline::now_us();
-    let (image, actual) = decompress::decompress(&data).map_err(|source| LoadError::Decompress {
-        name: name.to_string(),
-        file: file.to_path_buf(),
-        source,
-    })?;
+    let (image, actual) =
+        decompress::decompress(&data).map_err(|source| LoadError::Decompress {
+            name: name.to_string(),
+            file: file.to_path_buf(),
+            source,
+        })?;
     drop(data);
     let decompress_us = crate::timeline::now_us().saturating_sub(t0);
     let result = sys.init_module(&image, params);
@@ -271,7 +272,7 @@ pub fn load_all<S: ModuleOps>(
     sys: &S,
     dir: &Path,
     entries: &[ModuleEntry],
-    params: &dyn Fn(&str) -> String,
+    params: &(dyn Fn(&str) -> String + Sync),
     parallelism: Parallelism,
 ) -> Outcome {
     let support = KernelSupport::default();
@@ -282,7 +283,14 @@ pub fn load_all<S: ModuleOps>(
                 errors: Vec::new(),
             };
             for e in entries {
-                match load_one(sys, &e.name, &dir.join(&e.path), &params(&e.name), &support, 0) {
+                match load_one(
+                    sys,
+                    &e.name,
+                    &dir.join(&e.path),
+                    &params(&e.name),
+                    &support,
+                    0,
+                ) {
                     Ok(l) => out.loads.push(l),
                     Err(err) => {
                         out.errors.push(err);
@@ -296,7 +304,14 @@ pub fn load_all<S: ModuleOps>(
             let threads = max_threads.max(1).min(entries.len());
             Dag::new(entries).run(threads, |i, worker| {
                 let e = &entries[i];
-                load_one(sys, &e.name, &dir.join(&e.path), &params(&e.name), &support, worker)
+                load_one(
+                    sys,
+                    &e.name,
+                    &dir.join(&e.path),
+                    &params(&e.name),
+                    &support,
+                    worker,
+                )
             })
         }
     }

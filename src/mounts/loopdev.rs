@@ -173,7 +173,10 @@ mod tests {
         assert_eq!(f.to_string(), "ro,autoclear");
         assert_eq!(LoopFlags::from_bits(f.bits()), f);
         assert_eq!(LoopFlags::from_bits(0).to_string(), "none");
-        assert_eq!(LoopFlags::from_bits(21).to_string(), "ro,autoclear,direct-io");
+        assert_eq!(
+            LoopFlags::from_bits(21).to_string(),
+            "ro,autoclear,direct-io"
+        );
     }
 
     #[test]

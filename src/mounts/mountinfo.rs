@@ -150,7 +150,11 @@ mod tests {
         assert_eq!(m.mount_options, "rw,noatime");
         assert_eq!(m.optional, vec!["master:1"]);
         assert_eq!(
-            (m.fs_type.as_str(), m.source.as_str(), m.super_options.as_str()),
+            (
+                m.fs_type.as_str(),
+                m.source.as_str(),
+                m.super_options.as_str()
+            ),
             ("ext3", "/dev/root", "rw,errors=continue")
         );
         assert_eq!(t.mounts[4].mount_point, "/tmp/with space\ttab");
@@ -161,7 +165,10 @@ mod tests {
     #[test]
     fn find_returns_the_top_mount() {
         let t = parse(SAMPLE);
-        assert_eq!(t.find("/mnt-root").map(|m| m.fs_type.as_str()), Some("overlay"));
+        assert_eq!(
+            t.find("/mnt-root").map(|m| m.fs_type.as_str()),
+            Some("overlay")
+        );
         assert_eq!(
             t.find("/mnt-root/nix/.ro-store").map(|m| m.source.as_str()),
             Some("/dev/loop0")

@@ -25,7 +25,7 @@ pub const MAX_OPTION_LEN: usize = 4096;
 const MS_NOSYMFOLLOW: u64 = 256;
 
 /// What a list of options means.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
     /// Flag bits for `mount(2)`.
     pub flags: MsFlags,
@@ -41,6 +41,20 @@ pub struct MountOptions {
     pub noauto: bool,
     /// Pseudo-options seen and not passed to the kernel (for debug logs).
     pub ignored: Vec<String>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            flags: MsFlags::empty(),
+            data: vec![],
+            loop_device: false,
+            loop_direct_io: None,
+            nofail: false,
+            noauto: false,
+            ignored: vec![],
+        }
+    }
 }
 
 impl MountOptions {
@@ -64,7 +78,10 @@ pub enum OptionsError {
     #[error("empty option")]
     Empty,
     #[error("`{option}`: {reason}")]
-    Unsupported { option: String, reason: &'static str },
+    Unsupported {
+        option: String,
+        reason: &'static str,
+    },
     #[error("`{option}`: expected on or off")]
     BadBool { option: String },
 }
@@ -106,8 +123,19 @@ const FLAGS: &[(&str, u64, bool)] = &[
 
 /// Options only userspace reads (util-linux `mount`, systemd, NixOS); never sent to the kernel.
 const PSEUDO: &[&str] = &[
-    "defaults", "auto", "noauto", "nofail", "_netdev", "user", "nouser", "users", "owner",
-    "group", "loop", "nobootwait", "bootwait",
+    "defaults",
+    "auto",
+    "noauto",
+    "nofail",
+    "_netdev",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "group",
+    "loop",
+    "nobootwait",
+    "bootwait",
 ];
 
 /// Pseudo-options that take a value (`comment=...`).
@@ -117,18 +145,48 @@ const PSEUDO_WITH_VALUE: &[&str] = &["comment", "helper", "uhelper"];
 const UNSUPPORTED: &[(&str, &str)] = &[
     ("remount", "a remount is not a file system to mount"),
     ("move", "moving a mount is not a file system to mount"),
-    ("shared", "propagation flags need a separate mount call; not supported here"),
-    ("rshared", "propagation flags need a separate mount call; not supported here"),
-    ("private", "propagation flags need a separate mount call; not supported here"),
-    ("rprivate", "propagation flags need a separate mount call; not supported here"),
-    ("slave", "propagation flags need a separate mount call; not supported here"),
-    ("rslave", "propagation flags need a separate mount call; not supported here"),
-    ("unbindable", "propagation flags need a separate mount call; not supported here"),
-    ("runbindable", "propagation flags need a separate mount call; not supported here"),
-    ("loop=", "naming the loop device is not supported; use `loop`"),
+    (
+        "shared",
+        "propagation flags need a separate mount call; not supported here",
+    ),
+    (
+        "rshared",
+        "propagation flags need a separate mount call; not supported here",
+    ),
+    (
+        "private",
+        "propagation flags need a separate mount call; not supported here",
+    ),
+    (
+        "rprivate",
+        "propagation flags need a separate mount call; not supported here",
+    ),
+    (
+        "slave",
+        "propagation flags need a separate mount call; not supported here",
+    ),
+    (
+        "rslave",
+        "propagation flags need a separate mount call; not supported here",
+    ),
+    (
+        "unbindable",
+        "propagation flags need a separate mount call; not supported here",
+    ),
+    (
+        "runbindable",
+        "propagation flags need a separate mount call; not supported here",
+    ),
+    (
+        "loop=",
+        "naming the loop device is not supported; use `loop`",
+    ),
     ("offset=", "loop offsets are not supported"),
     ("sizelimit=", "loop size limits are not supported"),
-    ("encryption=", "loop encryption does not exist in Linux any more"),
+    (
+        "encryption=",
+        "loop encryption does not exist in Linux any more",
+    ),
 ];
 
 mod libc_ms {
@@ -306,28 +364,148 @@ mod tests {
         #[allow(clippy::type_complexity)]
         let cases: &[(&[&str], MsFlags, &[&str], bool, Option<bool>, bool, bool)] = &[
             (&[], f(), &[], false, None, false, false),
-            (&["mode=0755"], f(), &["mode=0755"], false, None, false, false),
-            (&["mode=0755", "size=50%"], f(), &["mode=0755", "size=50%"], false, None, false, false),
-            (&["loop", "threads=multi"], f(), &["threads=multi"], true, None, false, false),
+            (
+                &["mode=0755"],
+                f(),
+                &["mode=0755"],
+                false,
+                None,
+                false,
+                false,
+            ),
+            (
+                &["mode=0755", "size=50%"],
+                f(),
+                &["mode=0755", "size=50%"],
+                false,
+                None,
+                false,
+                false,
+            ),
+            (
+                &["loop", "threads=multi"],
+                f(),
+                &["threads=multi"],
+                true,
+                None,
+                false,
+                false,
+            ),
             (&["defaults"], f(), &[], false, None, false, false),
             (&["ro"], MsFlags::MS_RDONLY, &[], false, None, false, false),
             (&["ro", "rw"], f(), &[], false, None, false, false),
-            (&["ro,nosuid,nodev"], MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV, &[], false, None, false, false),
+            (
+                &["ro,nosuid,nodev"],
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                &[],
+                false,
+                None,
+                false,
+                false,
+            ),
             (&["noexec", "exec"], f(), &[], false, None, false, false),
-            (&["relatime", "noatime"], MsFlags::MS_NOATIME, &[], false, None, false, false),
-            (&["noatime", "strictatime"], MsFlags::MS_STRICTATIME, &[], false, None, false, false),
-            (&["nofail", "x-systemd.device-timeout=5s"], f(), &[], false, None, true, false),
+            (
+                &["relatime", "noatime"],
+                MsFlags::MS_NOATIME,
+                &[],
+                false,
+                None,
+                false,
+                false,
+            ),
+            (
+                &["noatime", "strictatime"],
+                MsFlags::MS_STRICTATIME,
+                &[],
+                false,
+                None,
+                false,
+                false,
+            ),
+            (
+                &["nofail", "x-systemd.device-timeout=5s"],
+                f(),
+                &[],
+                false,
+                None,
+                true,
+                false,
+            ),
             (&["noauto"], f(), &[], false, None, false, true),
             (&["noauto", "auto"], f(), &[], false, None, false, false),
-            (&["_netdev", "user", "nouser", "users", "owner", "group", "comment=x"], f(), &[], false, None, false, false),
+            (
+                &[
+                    "_netdev",
+                    "user",
+                    "nouser",
+                    "users",
+                    "owner",
+                    "group",
+                    "comment=x",
+                ],
+                f(),
+                &[],
+                false,
+                None,
+                false,
+                false,
+            ),
             (&["X-mount.mkdir"], f(), &[], false, None, false, false),
-            (&["x-netboot.loop-direct-io"], f(), &[], false, Some(true), false, false),
-            (&["x-netboot.loop-direct-io=on"], f(), &[], false, Some(true), false, false),
-            (&["x-netboot.loop-direct-io=off"], f(), &[], false, Some(false), false, false),
-            (&["context=\"system_u:object_r:tmp_t:s0,c1\""], f(), &["context=\"system_u:object_r:tmp_t:s0,c1\""], false, None, false, false),
+            (
+                &["x-netboot.loop-direct-io"],
+                f(),
+                &[],
+                false,
+                Some(true),
+                false,
+                false,
+            ),
+            (
+                &["x-netboot.loop-direct-io=on"],
+                f(),
+                &[],
+                false,
+                Some(true),
+                false,
+                false,
+            ),
+            (
+                &["x-netboot.loop-direct-io=off"],
+                f(),
+                &[],
+                false,
+                Some(false),
+                false,
+                false,
+            ),
+            (
+                &["context=\"system_u:object_r:tmp_t:s0,c1\""],
+                f(),
+                &["context=\"system_u:object_r:tmp_t:s0,c1\""],
+                false,
+                None,
+                false,
+                false,
+            ),
             (&["ro=1"], f(), &["ro=1"], false, None, false, false),
-            (&["rbind"], MsFlags::MS_BIND | MsFlags::MS_REC, &[], false, None, false, false),
-            (&["lowerdir=/a:/b", "upperdir=/u"], f(), &["lowerdir=/a:/b", "upperdir=/u"], false, None, false, false),
+            (
+                &["rbind"],
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                &[],
+                false,
+                None,
+                false,
+                false,
+            ),
+            (
+                &["lowerdir=/a:/b", "upperdir=/u"],
+                f(),
+                &["lowerdir=/a:/b", "upperdir=/u"],
+                false,
+                None,
+                false,
+                false,
+            ),
         ];
         for (opts, flags, data, lp, dio, nofail, noauto) in cases {
             let got = p(opts);
@@ -352,11 +530,26 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&[""], "empty option"),
             (&["ro,"], "empty option"),
-            (&["remount"], "`remount`: a remount is not a file system to mount"),
-            (&["shared"], "`shared`: propagation flags need a separate mount call"),
-            (&["loop=/dev/loop3"], "`loop=/dev/loop3`: naming the loop device is not supported"),
-            (&["offset=4096"], "`offset=4096`: loop offsets are not supported"),
-            (&["x-netboot.loop-direct-io=maybe"], "`x-netboot.loop-direct-io=maybe`: expected on or off"),
+            (
+                &["remount"],
+                "`remount`: a remount is not a file system to mount",
+            ),
+            (
+                &["shared"],
+                "`shared`: propagation flags need a separate mount call",
+            ),
+            (
+                &["loop=/dev/loop3"],
+                "`loop=/dev/loop3`: naming the loop device is not supported",
+            ),
+            (
+                &["offset=4096"],
+                "`offset=4096`: loop offsets are not supported",
+            ),
+            (
+                &["x-netboot.loop-direct-io=maybe"],
+                "`x-netboot.loop-direct-io=maybe`: expected on or off",
+            ),
         ];
         for (opts, want) in cases {
             let err = parse(opts).unwrap_err().to_string();
@@ -385,7 +578,9 @@ mod tests {
 
     #[test]
     fn no_panics_on_odd_input() {
-        for s in ["=", "==", "\"", "\",", ",,,", "é,ü=", "x-", "loop=", "\u{0}"] {
+        for s in [
+            "=", "==", "\"", "\",", ",,,", "é,ü=", "x-", "loop=", "\u{0}",
+        ] {
             let _ = parse(&[s]);
         }
     }

@@ -44,10 +44,7 @@ impl Superblock {
 }
 
 fn compressor(id: u16) -> Option<(&'static str, &'static str)> {
-    COMPRESSORS
-        .iter()
-        .find(|c| c.0 == id)
-        .map(|c| (c.1, c.2))
+    COMPRESSORS.iter().find(|c| c.0 == id).map(|c| (c.1, c.2))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,9 +55,13 @@ pub enum SuperblockError {
     BadMagic { found: u32 },
     #[error("squashfs version {major}.{minor}; the kernel reads 4.0 only")]
     Version { major: u16, minor: u16 },
-    #[error("unknown squashfs compressor id {0} (known: 1 gzip, 2 lzma, 3 lzo, 4 xz, 5 lz4, 6 zstd)")]
+    #[error(
+        "unknown squashfs compressor id {0} (known: 1 gzip, 2 lzma, 3 lzo, 4 xz, 5 lz4, 6 zstd)"
+    )]
     UnknownCompressor(u16),
-    #[error("compressor lzma (id 2) is not supported by Linux squashfs; rebuild the image with xz")]
+    #[error(
+        "compressor lzma (id 2) is not supported by Linux squashfs; rebuild the image with xz"
+    )]
     Lzma,
     #[error("bad block size {block_size} (block_log {block_log})")]
     BlockSize { block_size: u32, block_log: u16 },
@@ -78,7 +79,8 @@ pub fn parse(bytes: &[u8]) -> Result<Superblock, SuperblockError> {
         return Err(SuperblockError::Short(bytes.len()));
     }
     let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
-    let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+    let u32_at =
+        |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
     let u64_at = |o: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&bytes[o..o + 8]);
@@ -247,11 +249,26 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![], "too short for a squashfs superblock (0 bytes"),
             (synthetic(1, 4096)[..95].to_vec(), "too short"),
-            (wrong_magic.to_vec(), "not a squashfs image (magic 0x464c457f"),
-            (v3.to_vec(), "squashfs version 3.1; the kernel reads 4.0 only"),
-            (synthetic(2, 4096).to_vec(), "compressor lzma (id 2) is not supported"),
-            (synthetic(0, 4096).to_vec(), "unknown squashfs compressor id 0"),
-            (synthetic(99, 4096).to_vec(), "unknown squashfs compressor id 99"),
+            (
+                wrong_magic.to_vec(),
+                "not a squashfs image (magic 0x464c457f",
+            ),
+            (
+                v3.to_vec(),
+                "squashfs version 3.1; the kernel reads 4.0 only",
+            ),
+            (
+                synthetic(2, 4096).to_vec(),
+                "compressor lzma (id 2) is not supported",
+            ),
+            (
+                synthetic(0, 4096).to_vec(),
+                "unknown squashfs compressor id 0",
+            ),
+            (
+                synthetic(99, 4096).to_vec(),
+                "unknown squashfs compressor id 99",
+            ),
             (bs.to_vec(), "bad block size 131072 (block_log 16)"),
         ];
         for (bytes, want) in cases {

@@ -165,13 +165,24 @@ fn test(ws: &Path) -> ExitCode {
     }
 
     println!("== rustfmt");
-    let (ok, _) = run_capture(Command::new("cargo").args(["fmt", "--all", "--check"]).current_dir(ws));
+    let (ok, _) = run_capture(
+        Command::new("cargo")
+            .args(["fmt", "--all", "--check"])
+            .current_dir(ws),
+    );
     note("rustfmt", Tally::one(ok), &mut failures);
 
     println!("== clippy");
     let (ok, _) = run_capture(
         Command::new("cargo")
-            .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
             .current_dir(ws),
     );
     note("clippy", Tally::one(ok), &mut failures);
@@ -200,7 +211,11 @@ fn test(ws: &Path) -> ExitCode {
     match netboot_qemu::run_scenarios(ws, &[]) {
         Ok(results) => {
             for r in results {
-                note(&format!("qemu scenario {}", r.name), Tally::one(r.ok), &mut failures);
+                note(
+                    &format!("qemu scenario {}", r.name),
+                    Tally::one(r.ok),
+                    &mut failures,
+                );
             }
         }
         Err(e) => {

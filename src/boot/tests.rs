@@ -1,0 +1,362 @@
+//! The whole boot sequence on the recording fake: the calls in order, and each failure point
+//! driving the failure policy.
+
+use super::*;
+use crate::sys::Fake;
+use nix::errno::Errno;
+use std::os::unix::fs::PermissionsExt;
+
+const RELEASE: &str = "6.1.0-test";
+const INIT: &str = "/nix/store/aaaa-nixos-system/init";
+
+/// An initramfs in a temp dir: cmdline, config, a modules tree, the store image, and a
+/// target root already holding what the (fake) mounts would show.
+struct Initrd {
+    dir: tempfile::TempDir,
+}
+
+impl Initrd {
+    fn new(cmdline: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Initrd {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        let write = |rel: &str, contents: &[u8]| {
+            let path = r.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
+        };
+        write("proc/cmdline", format!("{cmdline}\n").as_bytes());
+        let example = include_str!("../../initrd-layout/examples/netboot.json");
+        let mut config: serde_json::Value = serde_json::from_str(example).unwrap();
+        config["targetRoot"] = r.join("mnt-root").display().to_string().into();
+        config["registration"]["mode"] = "none".into();
+        edit(&mut config);
+        write(
+            "etc/netboot-init.json",
+            serde_json::to_string_pretty(&config).unwrap().as_bytes(),
+        );
+        let modules = format!("lib/modules/{RELEASE}");
+        write(
+            &format!("{modules}/modules.dep"),
+            b"kernel/fs/squashfs/squashfs.ko:\nkernel/fs/overlayfs/overlay.ko:\nkernel/drivers/block/loop.ko:\n",
+        );
+        write(
+            &format!("{modules}/modules.alias"),
+            b"alias fs-squashfs squashfs\n",
+        );
+        write(
+            &format!("{modules}/modules.builtin"),
+            b"kernel/fs/ext4/ext4.ko\n",
+        );
+        write(&format!("{modules}/modules.softdep"), b"");
+        for ko in [
+            "fs/squashfs/squashfs.ko",
+            "fs/overlayfs/overlay.ko",
+            "drivers/block/loop.ko",
+        ] {
+            write(&format!("{modules}/kernel/{ko}"), b"\x7fELF fake module");
+        }
+        let mut image = crate::mounts::squashfs::synthetic(6, 4096).to_vec();
+        image.resize(4096, 0);
+        write("nix-store.squashfs", &image);
+        let init = r.join("mnt-root").join(INIT.trim_start_matches('/'));
+        write(
+            init.strip_prefix(r).unwrap().to_str().unwrap(),
+            b"#!probe\n",
+        );
+        std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Initrd { dir }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn boot(&self, fake: &Fake) -> Outcome {
+        fake.set_release(RELEASE);
+        run(fake, &Paths::under(self.root()), &["probe-arg".to_string()])
+    }
+
+    /// The calls with the temp dir written as `$R`.
+    fn calls(&self, fake: &Fake) -> Vec<String> {
+        let r = self.root().display().to_string();
+        fake.calls().iter().map(|c| c.replace(&r, "$R")).collect()
+    }
+}
+
+fn default_cmdline() -> String {
+    format!("console=ttyS0 init={INIT} loglevel=4")
+}
+
+#[test]
+fn the_whole_sequence_in_order() {
+    let initrd = Initrd::new(&default_cmdline(), |_| {});
+    let fake = Fake::new();
+    let outcome = initrd.boot(&fake);
+    assert_eq!(outcome, Outcome::HandedOff { init: INIT.into() });
+    let mut calls = initrd.calls(&fake);
+    // Independent modules load in parallel, in any order.
+    calls[12..15].sort();
+    let exec = format!("exec {INIT} argv=[\"{INIT}\", \"probe-arg\"] env=[]");
+    let expected = [
+        "mkdir $R/proc 755",
+        "mount proc $R/proc proc flags=0xe data=",
+        "mkdir $R/sys 755",
+        "mount sysfs $R/sys sysfs flags=0xe data=",
+        "mkdir $R/dev 755",
+        "mount devtmpfs $R/dev devtmpfs flags=0x2 data=mode=0755",
+        "mkdir $R/dev/pts 755",
+        "mount devpts $R/dev/pts devpts flags=0xa data=gid=3,mode=0620,ptmxmode=0666",
+        "mkdir $R/dev/shm 755",
+        "mount tmpfs $R/dev/shm tmpfs flags=0x6 data=mode=1777",
+        "mkdir $R/run 755",
+        "mount tmpfs $R/run tmpfs flags=0x6 data=mode=0755",
+        "finit_module loop.ko flags=none params=",
+        "finit_module overlay.ko flags=none params=",
+        "finit_module squashfs.ko flags=none params=",
+        "mkdir $R/mnt-root",
+        "mount tmpfs $R/mnt-root tmpfs flags=0 data=mode=0755",
+        "mkdir $R/mnt-root/nix/.ro-store",
+        "loop-get-free",
+        "loop-open /dev/loop0",
+        "loop-configure /dev/loop0 $R/nix-store.squashfs ro,autoclear",
+        "mount /dev/loop0 $R/mnt-root/nix/.ro-store squashfs flags=MS_RDONLY data=threads=multi",
+        "mkdir $R/mnt-root/nix/.rw-store",
+        "mount tmpfs $R/mnt-root/nix/.rw-store tmpfs flags=0 data=mode=0755",
+        "mkdir $R/mnt-root/nix/store",
+        "mkdir $R/mnt-root/nix/.rw-store/store",
+        "mkdir $R/mnt-root/nix/.rw-store/work",
+        "mount overlay $R/mnt-root/nix/store overlay flags=0 data=lowerdir=$R/mnt-root/nix/.ro-store,upperdir=$R/mnt-root/nix/.rw-store/store,workdir=$R/mnt-root/nix/.rw-store/work",
+        "mkdir -p $R/mnt-root/etc",
+        "write $R/mnt-root/etc/NIXOS (0 bytes)",
+        "mkdir $R/mnt-root/proc",
+        "move-mount $R/proc $R/mnt-root/proc",
+        "mkdir $R/mnt-root/sys",
+        "move-mount $R/sys $R/mnt-root/sys",
+        "mkdir $R/mnt-root/dev",
+        "move-mount $R/dev $R/mnt-root/dev",
+        "mkdir $R/mnt-root/run",
+        "move-mount $R/run $R/mnt-root/run",
+        "chdir $R/mnt-root",
+        "remove-initramfs $R keep $R/mnt-root",
+        "move-mount . / && chroot .",
+        "chdir /",
+        "close-range 3",
+        exec.as_str(),
+    ];
+    assert_eq!(calls, expected);
+    // The timeline landed under /run before the hand-off moved it.
+    let timeline =
+        std::fs::read_to_string(initrd.root().join("run/netboot-init/timeline.json")).unwrap();
+    let timeline: crate::timeline::Timeline = serde_json::from_str(&timeline).unwrap();
+    let names: Vec<&str> = timeline.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "frame",
+            "config",
+            "modules",
+            "mounts",
+            "registration",
+            "stage2-check"
+        ]
+    );
+    assert_eq!(timeline.kernel_release, RELEASE);
+    assert_eq!(timeline.stage2_init.as_deref(), Some(INIT));
+}
+
+#[test]
+fn init_from_the_config_when_the_cmdline_has_none() {
+    let initrd = Initrd::new("console=ttyS0", |c| c["init"] = INIT.into());
+    let fake = Fake::new();
+    assert_eq!(initrd.boot(&fake), Outcome::HandedOff { init: INIT.into() });
+}
+
+fn reboot_after(secs: u32) -> Action {
+    Action::Reboot { after_secs: secs }
+}
+
+/// Each failure point, with the phase it is reported under and the policy's action.
+#[test]
+fn each_failure_point_drives_the_policy() {
+    // (failing call prefix, errno, phase, kernel command line extra, config edit, action)
+    type Edit = fn(&mut serde_json::Value);
+    let allow_shell: Edit = |c| c["failure"]["emergencyAccess"] = true.into();
+    let nothing: Edit = |_| {};
+    let table: Vec<(&str, Errno, &str, &str, Edit, Action)> = vec![
+        (
+            "mount sysfs",
+            Errno::ENODEV,
+            "frame",
+            "",
+            nothing,
+            reboot_after(10),
+        ),
+        (
+            "finit_module",
+            Errno::ENOEXEC,
+            "modules",
+            "",
+            nothing,
+            reboot_after(10),
+        ),
+        (
+            "mount tmpfs $R/mnt-root ",
+            Errno::ENOMEM,
+            "mounts",
+            "boot.panic_on_fail",
+            nothing,
+            Action::Panic,
+        ),
+        (
+            "mount overlay",
+            Errno::EINVAL,
+            "mounts",
+            "stage1panic=1",
+            nothing,
+            Action::Panic,
+        ),
+        (
+            "loop-configure",
+            Errno::ENXIO,
+            "mounts",
+            "boot.shell_on_fail",
+            allow_shell,
+            Action::Shell {
+                shell: "/bin/sh".into(),
+            },
+        ),
+        (
+            "move-mount $R/proc",
+            Errno::EINVAL,
+            "hand-off",
+            "",
+            nothing,
+            reboot_after(10),
+        ),
+        (
+            "exec",
+            Errno::ENOEXEC,
+            "hand-off",
+            "boot.shell_on_fail",
+            nothing,
+            reboot_after(10),
+        ),
+    ];
+    for (prefix, errno, phase, extra, edit, action) in table {
+        let initrd = Initrd::new(&format!("{} {extra}", default_cmdline()), edit);
+        let fake = Fake::new();
+        let r = initrd.root().display().to_string();
+        fake.fail_on(&prefix.replace("$R", &r), errno);
+        let outcome = initrd.boot(&fake);
+        assert_eq!(
+            outcome,
+            Outcome::Failed {
+                phase: phase.into(),
+                action: action.clone()
+            },
+            "failing {prefix}: calls {:#?}",
+            initrd.calls(&fake)
+        );
+        let calls = initrd.calls(&fake);
+        let last = calls.last().unwrap();
+        let terminal = match action {
+            Action::Panic => "exit-to-kernel-panic",
+            Action::Shell { .. } | Action::Reboot { .. } => "reboot",
+        };
+        assert_eq!(last, terminal, "failing {prefix}");
+        assert!(!calls
+            .iter()
+            .any(|c| c.starts_with("exec") && !prefix.starts_with("exec")));
+    }
+}
+
+#[test]
+fn a_bad_config_fails_before_anything_is_mounted() {
+    let initrd = Initrd::new(&default_cmdline(), |c| {
+        c["fileSystems"][1]
+            .as_object_mut()
+            .unwrap()
+            .remove("fsType");
+    });
+    let fake = Fake::new();
+    let outcome = initrd.boot(&fake);
+    assert_eq!(
+        outcome,
+        Outcome::Failed {
+            phase: "config".into(),
+            action: reboot_after(10)
+        }
+    );
+    let calls = initrd.calls(&fake);
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.contains("mnt-root") || c.starts_with("finit")),
+        "{calls:#?}"
+    );
+}
+
+#[test]
+fn a_missing_stage2_init_is_caught_before_the_initramfs_is_deleted() {
+    let initrd = Initrd::new(
+        "init=/nix/store/zzzz-missing/init boot.shell_on_fail",
+        |c| {
+            c["failure"]["emergencyAccess"] = true.into();
+        },
+    );
+    let fake = Fake::new();
+    let outcome = initrd.boot(&fake);
+    assert_eq!(
+        outcome,
+        Outcome::Failed {
+            phase: "stage2-check".into(),
+            action: Action::Shell {
+                shell: "/bin/sh".into()
+            }
+        }
+    );
+    assert!(!initrd
+        .calls(&fake)
+        .iter()
+        .any(|c| c.starts_with("remove-initramfs")));
+}
+
+#[test]
+fn no_stage2_init_at_all_is_a_config_failure() {
+    let initrd = Initrd::new("console=ttyS0", |_| {});
+    let fake = Fake::new();
+    assert_eq!(
+        initrd.boot(&fake),
+        Outcome::Failed {
+            phase: "config".into(),
+            action: reboot_after(10)
+        }
+    );
+}
+
+#[test]
+fn debug_shells_open_only_when_the_config_allows() {
+    let cmdline = format!(
+        "{} boot.debug1 boot.debug1devices boot.debug1mounts",
+        default_cmdline()
+    );
+    let initrd = Initrd::new(&cmdline, |_| {});
+    let fake = Fake::new();
+    initrd.boot(&fake);
+    assert!(!initrd
+        .calls(&fake)
+        .iter()
+        .any(|c| c.starts_with("run-shell")));
+
+    let initrd = Initrd::new(&cmdline, |c| c["failure"]["emergencyAccess"] = true.into());
+    let fake = Fake::new();
+    assert_eq!(initrd.boot(&fake), Outcome::HandedOff { init: INIT.into() });
+    let calls = initrd.calls(&fake);
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("run-shell /bin/sh"))
+            .count(),
+        3
+    );
+}
