@@ -238,7 +238,7 @@ pub fn kernel_events(log: &str) -> KernelEvents {
         if ev.run_init_us.is_none() && msg.starts_with("Run ") && msg.ends_with(" as init process")
         {
             ev.run_init_us = Some(us);
-        } else if ev.stage2_us.is_none() && msg.contains("stage2-probe: started") {
+        } else if ev.stage2_us.is_none() && msg.starts_with("stage2-probe: started") {
             ev.stage2_us = Some(us);
         } else if ev.unpack_start_us.is_none()
             && msg.starts_with("Trying to unpack rootfs image as initramfs")
@@ -566,9 +566,9 @@ struct Panel<'a> {
 }
 
 fn fmt_ms_short(us: u64) -> String {
-    if us % 1000 == 0 {
+    if us / 1000 * 1000 == us {
         format!("{}", us / 1000)
-    } else if us % 100 == 0 {
+    } else if us / 100 * 100 == us {
         format!("{:.1}", us as f64 / 1000.0)
     } else {
         format!("{:.3}", us as f64 / 1000.0)
@@ -896,6 +896,13 @@ mod tests {
 
     #[test]
     fn kernel_events_from_log() {
+        // The kernel echoes its command line and init's arguments, which may quote the marker.
+        let echoed = format!(
+            "[    0.000000] Kernel command line: init=/x -- -c \"echo stage2-probe: started\"\n\
+             [    0.900000]     echo stage2-probe: started\n{}",
+            log_with(RECORD)
+        );
+        assert_eq!(kernel_events(&echoed).stage2_us, Some(1_050_000));
         let ev = kernel_events(&log_with(RECORD));
         assert_eq!(ev.run_init_us, Some(1_000_000));
         assert_eq!(ev.stage2_us, Some(1_050_000));

@@ -171,10 +171,13 @@ fn sequence<S: Sys>(
     policy.failure = config.failure.clone();
     remember_policy(&policy.cmdline, &policy.failure);
     log::info!(
-        "config {}: {} file systems, registration {:?}",
+        "config {}: {} file systems, registration {}",
         paths.config.display(),
         config.file_systems.len(),
-        config.registration.mode
+        serde_json::to_value(config.registration.mode)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
     );
 
     let init = cmdline

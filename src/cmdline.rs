@@ -182,6 +182,9 @@ pub struct Cmdline {
     /// `module.param=value` as `("module", "param=value")`, module names with `-` turned into
     /// `_`, in command-line order. A value with whitespace is quoted again for the kernel.
     pub module_params: Vec<(String, String)>,
+    /// `netboot.modules=sequential`: load kernel modules one at a time (a benchmark
+    /// baseline); `netboot.modules=parallel` is the default.
+    pub modules_sequential: bool,
     /// The words after `--`, for the stage-2 init.
     pub init_args: Vec<String>,
     /// Malformed values, e.g. `boot.panic_on_fail=maybe: expected no value, 0 or 1`.
@@ -267,6 +270,11 @@ impl Cmdline {
                     "{}: expected error, warn, info, debug, trace or off",
                     arg.word()
                 )),
+            },
+            "netboot.modules" => match arg.value {
+                Some("sequential") => self.modules_sequential = true,
+                Some("parallel") => self.modules_sequential = false,
+                _ => self.problem(format!("{}: expected sequential or parallel", arg.word())),
             },
             _ => self.module_param(arg),
         }

@@ -153,7 +153,8 @@ pub fn unlimit_kmsg<S: FrameOps>(sys: &S, root: &Path) -> Option<String> {
     let knob = root.join("proc/sys/kernel/printk_devkmsg");
     let old = std::fs::read_to_string(&knob).ok()?.trim().to_string();
     if old == "ratelimit" {
-        sys.write_file(&knob, "on").ok()?;
+        // The sysctl rejects a value without its trailing newline.
+        sys.write_file(&knob, "on\n").ok()?;
     }
     Some(old)
 }
@@ -349,7 +350,7 @@ mod tests {
             unlimit_kmsg(&fake, root.path()).as_deref(),
             Some("ratelimit")
         );
-        assert_eq!(fake.calls(), vec![format!("write {} on", knob.display())]);
+        assert_eq!(fake.calls(), vec![format!("write {} on\n", knob.display())]);
         std::fs::write(&knob, "on\n").unwrap();
         let fake = Fake::new();
         assert_eq!(unlimit_kmsg(&fake, root.path()).as_deref(), Some("on"));

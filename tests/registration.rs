@@ -217,6 +217,7 @@ fn load_db_failure_reports_exit_status_and_stderr() {
     std::fs::write(var.join("db"), "not a directory").unwrap();
     let err = register(&Real, &f.config, &f.stage2_init, &f.initrd_root).unwrap_err();
     let msg = format!("{err:#}");
+    eprintln!("message: {msg}");
     assert!(msg.contains("--load-db"), "{msg}");
     assert!(msg.contains("exit status 1"), "{msg}");
     assert!(msg.contains("error:"), "{msg}");
@@ -232,6 +233,7 @@ fn registration_naming_a_missing_path_is_refused_before_running_nix() {
         .unwrap();
     let err = register(&Real, &f.config, &f.stage2_init, &f.initrd_root).unwrap_err();
     let msg = format!("{err:#}");
+    eprintln!("message: {msg}");
     assert!(msg.contains(gone.as_str()), "{msg}");
     assert!(msg.contains("missing from the image"), "{msg}");
     assert!(!under(&f.target_root(), "/nix/var/nix/db").exists());

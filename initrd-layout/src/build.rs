@@ -298,7 +298,8 @@ fn plan_modules(opts: &BuildOptions, config: &Config, small: &mut Archive, dest_
     Ok(closure.into_iter().map(|m| m.name).collect())
 }
 
-/// Validates every input and assembles the small archive in memory. Nothing is written.
+/// Validates every input and assembles the small archive in memory. Nothing is written
+/// (the output location is not looked at).
 pub fn plan(opts: &BuildOptions) -> Result<Plan> {
     require_file("init binary", &opts.init)?;
     let (config, config_bytes) = load_config(&opts.config)?;
@@ -313,10 +314,6 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan> {
     }
     opts.compression.validate()?;
     opts.compression.check_available()?;
-    if let Some(parent) = opts.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        require_dir("output directory", parent)?;
-    }
-
     let release = match &opts.kernel_release {
         Some(r) => r.clone(),
         None => opts
@@ -381,6 +378,9 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan> {
 /// Builds the initrd at `opts.output` (written to a temporary file next to it, then renamed).
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let mut plan = plan(opts)?;
+    if let Some(parent) = opts.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        require_dir("output directory", parent)?;
+    }
     let tmp = temp_path(&opts.output);
     let result = write(opts, &mut plan, &tmp);
     match result {

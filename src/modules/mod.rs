@@ -145,6 +145,69 @@ pub fn implied_by_file_systems(config: &Config) -> Vec<String> {
     out
 }
 
+/// The names a config asks for: its `kernelModules`, then [`implied_by_file_systems`];
+/// duplicates (with `-` and `_` equal) removed.
+pub fn requested_modules(config: &Config) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in config
+        .kernel_modules
+        .iter()
+        .chain(&implied_by_file_systems(config))
+    {
+        let name = name.trim();
+        if !name.is_empty()
+            && !out
+                .iter()
+                .any(|r| index::normalize_name(r) == index::normalize_name(name))
+        {
+            out.push(name.to_string());
+        }
+    }
+    out
+}
+
+/// What a config needs from one modules tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// [`requested_modules`].
+    pub requested: Vec<String>,
+    /// What to load, dependencies first ([`index::ModulesIndex::closure`]).
+    pub entries: Vec<index::ModuleEntry>,
+    /// Requested names built into the kernel.
+    pub builtin: Vec<String>,
+    /// Implied `fs-<type>` aliases that resolve to nothing: best effort, since a file system
+    /// may be built in without the indices saying so, and the mount names the problem.
+    pub unresolved: Vec<String>,
+}
+
+/// Resolves what `config` needs against `index`: the rules the boot applies, for tools that
+/// build an initrd's module tree too. Any other name that resolves to nothing is an error
+/// naming the modules directory.
+pub fn plan(index: &index::ModulesIndex, config: &Config) -> Result<Plan, index::IndexError> {
+    let implied = implied_by_file_systems(config);
+    let mut plan = Plan {
+        requested: requested_modules(config),
+        ..Plan::default()
+    };
+    let mut roots: Vec<String> = Vec::new();
+    for name in &plan.requested {
+        let optional = name.starts_with("fs-") && implied.contains(name);
+        match index.resolve(name) {
+            Ok(index::Resolved::Builtin(b)) => {
+                log::debug!("{name}: built into the kernel ({b})");
+                plan.builtin.push(name.clone());
+            }
+            Ok(index::Resolved::Modules(_)) => roots.push(name.clone()),
+            Err(index::IndexError::NotFound { .. }) if optional => {
+                plan.unresolved.push(name.clone());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    plan.entries = index.closure(&roots)?;
+    Ok(plan)
+}
+
 /// How [`load_for_boot_with`] loads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadOptions {
@@ -203,7 +266,8 @@ impl fmt::Display for ModulesReport {
     }
 }
 
-/// Loads what the boot needs from `modules_dir` (`<modulesDir>/<release>`), in parallel.
+/// Loads what the boot needs from `modules_dir` (`<modulesDir>/<release>`): in parallel, or
+/// one at a time when the command line says `netboot.modules=sequential`.
 pub fn load_for_boot<S: ModuleOps>(
     sys: &S,
     config: &Config,
@@ -211,14 +275,14 @@ pub fn load_for_boot<S: ModuleOps>(
     modules_dir: &Path,
     running_release: &str,
 ) -> anyhow::Result<ModulesReport> {
-    load_for_boot_with(
-        sys,
-        config,
-        cmdline,
-        modules_dir,
-        running_release,
-        LoadOptions::default(),
-    )
+    let options = LoadOptions {
+        parallelism: if cmdline.modules_sequential {
+            Parallelism::Sequential
+        } else {
+            Parallelism::default()
+        },
+    };
+    load_for_boot_with(sys, config, cmdline, modules_dir, running_release, options)
 }
 
 /// [`load_for_boot`] with a choice of scheduling.
@@ -236,18 +300,7 @@ pub fn load_for_boot_with<S: ModuleOps>(
         parallelism: Some(options.parallelism),
         ..ModulesReport::default()
     };
-    let implied = implied_by_file_systems(config);
-    for name in config.kernel_modules.iter().chain(&implied) {
-        let name = name.trim().to_string();
-        if !name.is_empty()
-            && !report
-                .requested
-                .iter()
-                .any(|r| index::normalize_name(r) == index::normalize_name(&name))
-        {
-            report.requested.push(name);
-        }
-    }
+    report.requested = requested_modules(config);
     if report.requested.is_empty() {
         report.end_us = crate::timeline::now_us();
         return Ok(report);
@@ -255,31 +308,16 @@ pub fn load_for_boot_with<S: ModuleOps>(
 
     check_release(modules_dir, running_release)?;
     let index = index::ModulesIndex::load(modules_dir).context("reading the module indices")?;
-
-    let mut roots: Vec<String> = Vec::new();
-    for name in &report.requested {
-        // Implied `fs-<type>` aliases are best effort: a file system may be built in without
-        // the indices saying so, and the mount names the problem precisely.
-        let optional = implied.contains(name) && name.starts_with("fs-");
-        match index.resolve(name) {
-            Ok(index::Resolved::Builtin(b)) => {
-                log::debug!("{name}: built into the kernel ({b})");
-                report.builtin.push(name.clone());
-            }
-            Ok(index::Resolved::Modules(_)) => roots.push(name.clone()),
-            Err(index::IndexError::NotFound { .. }) if optional => {
-                log::warn!(
-                    "no module for {name} in {}; assuming the kernel has it",
-                    modules_dir.display()
-                );
-                report.unresolved.push(name.clone());
-            }
-            Err(e) => return Err(e).context("resolving the kernel modules to load"),
-        }
+    let plan = plan(&index, config).context("resolving the kernel modules to load")?;
+    for name in &plan.unresolved {
+        log::warn!(
+            "no module for {name} in {}; assuming the kernel has it",
+            modules_dir.display()
+        );
     }
-    let entries = index
-        .closure(&roots)
-        .context("resolving the kernel modules to load")?;
+    report.builtin = plan.builtin;
+    report.unresolved = plan.unresolved;
+    let entries = plan.entries;
     log::debug!(
         "loading {} ({})",
         entries
@@ -300,12 +338,11 @@ pub fn load_for_boot_with<S: ModuleOps>(
         for other in errors {
             log::error!("{other}");
         }
-        if report.loads.is_empty() {
-            return Err(first.into());
+        if !report.loads.is_empty() {
+            let done: Vec<&str> = report.loads.iter().map(|l| l.name.as_str()).collect();
+            log::info!("loaded before the failure: {}", done.join(", "));
         }
-        let done: Vec<&str> = report.loads.iter().map(|l| l.name.as_str()).collect();
-        return Err(anyhow::Error::new(first)
-            .context(format!("loaded {} before the failure", done.join(", "))));
+        return Err(first.into());
     }
     Ok(report)
 }
@@ -372,5 +409,7 @@ fn module_params(config: &Config, cmdline: &[(String, String)]) -> HashMap<Strin
     out
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

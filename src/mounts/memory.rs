@@ -67,10 +67,74 @@ impl Default for Paths {
     }
 }
 
+/// Bytes of `path` (a file or a block device) in the page cache, by `mincore(2)` over a
+/// shared read-only mapping: what this file holds in RAM, unaffected by the rest of the
+/// machine (unlike `/proc/meminfo`).
+pub fn cached_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+    let mut f = std::fs::File::open(path)?;
+    let len = f.seek(SeekFrom::End(0))?;
+    if len == 0 {
+        return Ok(0);
+    }
+    let len_usize = usize::try_from(len)
+        .map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EFBIG))?;
+    let page = 4096usize;
+    // SAFETY: a fresh read-only shared mapping of an open file, unmapped below, never read.
+    let addr = unsafe {
+        nix::libc::mmap(
+            std::ptr::null_mut(),
+            len_usize,
+            nix::libc::PROT_READ,
+            nix::libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == nix::libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut vec = vec![0u8; len_usize.div_ceil(page)];
+    // SAFETY: addr..addr+len is the mapping above; vec has one byte per page.
+    let rc = unsafe { nix::libc::mincore(addr, len_usize, vec.as_mut_ptr()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: unmapping the mapping made above.
+    unsafe { nix::libc::munmap(addr, len_usize) };
+    if rc != 0 {
+        return Err(err);
+    }
+    Ok(vec.iter().filter(|b| *b & 1 != 0).count() as u64 * page as u64)
+}
+
+/// Sum of [`cached_bytes`] over the regular files under `dir`.
+pub fn tree_cached_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if ft.is_file() {
+                total += cached_bytes(&entry.path())?;
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// One measurement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Figures {
     pub image_bytes: u64,
+    /// Image file pages in the page cache after reading (the compressed copy).
+    pub image_cached: u64,
+    /// Loop block device pages in the page cache after reading.
+    pub loop_cached: u64,
+    /// Decompressed file pages in the page cache after reading.
+    pub files_cached: u64,
     pub direct_io_requested: bool,
     pub direct_io_effective: bool,
     pub files: u64,
@@ -90,12 +154,15 @@ impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "direct I/O {} (in effect: {}): image {} KiB, read {} files / {} KiB, page cache +{} KiB (Buffers {:+}, Cached {:+}), MemAvailable {:+} KiB",
+            "direct I/O {} (in effect: {}): image {} KiB, read {} files / {} KiB; cached: image file {} KiB, loop device {} KiB, files {} KiB; whole machine: page cache {:+} KiB (Buffers {:+}, Cached {:+}), MemAvailable {:+} KiB",
             if self.direct_io_requested { "on" } else { "off" },
             self.direct_io_effective,
             self.image_bytes / 1024,
             self.files,
             self.bytes_read / 1024,
+            self.image_cached / 1024,
+            self.loop_cached / 1024,
+            self.files_cached / 1024,
             self.cache_growth_kib(),
             self.after.buffers as i64 - self.before.buffers as i64,
             self.after.cached as i64 - self.before.cached as i64,
@@ -165,6 +232,7 @@ pub fn measure<S: MountOps>(
     sys.mount(&lo.device, mount_point, "squashfs", MsFlags::MS_RDONLY, "")
         .with_context(|| format!("mount {} on {}", lo.device, mount_point.display()))?;
     let direct_io_effective = lo.flags.direct_io;
+    let device = PathBuf::from(&lo.device);
     drop(lo);
     let result = (|| {
         drop_caches(paths)?;
@@ -174,6 +242,12 @@ pub fn measure<S: MountOps>(
         let after = meminfo(paths)?;
         Ok(Figures {
             image_bytes,
+            image_cached: cached_bytes(image)
+                .with_context(|| format!("mincore {}", image.display()))?,
+            loop_cached: cached_bytes(&device)
+                .with_context(|| format!("mincore {}", device.display()))?,
+            files_cached: tree_cached_bytes(mount_point)
+                .with_context(|| format!("mincore under {}", mount_point.display()))?,
             direct_io_requested: direct_io,
             direct_io_effective,
             files,
@@ -217,5 +291,8 @@ mod tests {
         std::fs::write(d.path().join("g"), "xy").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", d.path().join("link")).unwrap();
         assert_eq!(read_tree(d.path()).unwrap(), (2, 100_002));
+        // Just written and read: resident.
+        assert_eq!(cached_bytes(&d.path().join("a/b/f")).unwrap(), 25 * 4096);
+        assert_eq!(tree_cached_bytes(d.path()).unwrap(), 26 * 4096);
     }
 }

@@ -211,6 +211,17 @@ pub fn package_nix_store(host_nix_store: &Path, store_root: &Path) -> anyhow::Re
         let Some(interpreter) = interpreter else {
             bail!("ldd {} names no dynamic loader", binary.display());
         };
+        // Debian's Nix libraries carry RUNPATH=/usr/lib/nix, which hides the executable's
+        // RPATH from their own dependencies: point every library at its neighbours.
+        let mut patch = Command::new("patchelf");
+        patch.args(["--set-rpath", "$ORIGIN"]);
+        for entry in fs::read_dir(&libs_dir)? {
+            let path = entry?.path();
+            if path.file_name().and_then(|n| n.to_str()) != Some(interpreter.as_str()) {
+                patch.arg(path);
+            }
+        }
+        run(&mut patch)?;
         let store = format!("local?root={}", store_root.display());
         let add = |dir: &Path| -> anyhow::Result<String> {
             let out = run(Command::new(host_nix_store).args(["--store", &store, "--add"]).arg(dir))?;

@@ -32,10 +32,12 @@ pub const NIX_DB_DIR: &str = "/nix/var/nix/db";
 /// The NixOS marker, inside the new root.
 pub const NIXOS_MARKER: &str = "/etc/NIXOS";
 /// The environment of the image's `nix-store`: nothing from PID 1's environment leaks in,
-/// no daemon is tried, and no user config is found.
+/// no daemon is tried, and no user config is found. `USER` is needed because the new root has
+/// no /etc/passwd yet and Nix refuses to run when it cannot name the user.
 pub const NIX_STORE_ENV: &[(&str, &str)] = &[
     ("PATH", "/no-such-path"),
     ("HOME", "/homeless-shelter"),
+    ("USER", "root"),
     ("NIX_REMOTE", "local"),
 ];
 /// How much of a failed `nix-store`'s stderr goes into the error message.

@@ -494,7 +494,7 @@ mod tests {
                 7,
                 "unexpected end of file, expected a reference of",
             ),
-            (good.clone() + D + "\n", 7, "expected the NAR hash of"),
+            (good.clone() + D + "\n", 8, "expected the NAR hash of"),
             (good.trim_end().to_string(), 6, "does not end with a newline"),
             // A blank line between records: Nix rejects it too.
             (good.clone() + "\n" + &good, 7, "got an empty line"),

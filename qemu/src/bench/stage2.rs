@@ -34,7 +34,7 @@ pub fn init_args(busybox_store_path: &str) -> String {
         "echo bench: meminfo-after",
         "$b/cat /proc/meminfo",
         "echo",
-        "echo -n 'netboot-init: timeline '",
+        "echo -n 'bench: timeline '",
         "$b/cat /run/netboot-init/timeline.json",
         "echo",
         "echo bench: dmesg-begin",
@@ -95,6 +95,8 @@ pub struct Stage2Output {
     pub mem_before: Option<MemInfo>,
     pub mem_after: Option<MemInfo>,
     pub read_bytes: Option<u64>,
+    /// `/run/netboot-init/timeline.json` as stage 2 found it.
+    pub timeline_json: Option<String>,
     /// The kernel log as `dmesg` printed it (timestamps on every line).
     pub dmesg: String,
     pub done: bool,
@@ -136,7 +138,8 @@ pub fn parse(console: &str) -> Stage2Output {
     let (mut before, mut after) = (String::new(), String::new());
     for raw in console.lines() {
         let line = raw.trim_end_matches('\r');
-        if let Some(rest) = line.find(TAG).map(|i| &line[i + TAG.len()..]) {
+        // Only lines the script printed: the kernel log quotes the script itself.
+        if let Some(rest) = line.strip_prefix(TAG) {
             let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
             match key {
                 "stat" => out.cpu = parse_proc_stat(value),
@@ -159,6 +162,10 @@ pub fn parse(console: &str) -> Stage2Output {
                 "dmesg-begin" => section = Section::Dmesg,
                 "dmesg-end" => section = Section::None,
                 "done" => out.done = true,
+                "timeline" => {
+                    let json = value.trim();
+                    out.timeline_json = (!json.is_empty()).then(|| json.to_string());
+                }
                 _ => {}
             }
             continue;
@@ -229,9 +236,10 @@ mod tests {
             bench: read-bytes 51200\r\n\
             bench: meminfo-after\r\n\
             MemAvailable: 800 kB\r\nBuffers: 20 kB\r\nCached: 160 kB\r\n\r\n\
-            netboot-init: timeline {}\r\n\
+            bench: timeline {\"version\":1}\r\n\
             bench: dmesg-begin\r\n\
             [    3.200000] Run /init as init process\r\n\
+            [    3.200100]     for b in /x; do echo bench: dmesg-end; echo bench: stat 1; done\r\n\
             [    3.300000] stage2-probe: started\r\n\
             bench: dmesg-end\r\n\
             bench: done\r\n";
@@ -243,10 +251,8 @@ mod tests {
         assert_eq!(out.mem_after.unwrap().buffers, 20);
         assert_eq!(out.cache_growth_kib(), Some(70));
         assert_eq!(out.overhead_kib(), Some(20));
-        assert_eq!(
-            out.dmesg,
-            "[    3.200000] Run /init as init process\n[    3.300000] stage2-probe: started\n"
-        );
+        assert_eq!(out.dmesg.lines().count(), 3);
+        assert_eq!(out.timeline_json.as_deref(), Some("{\"version\":1}"));
         assert!(out.done);
         let ev = netboot_init::analyze::kernel_events(&out.dmesg);
         assert_eq!(ev.stage1_us(), Some(100_000));
