@@ -5,7 +5,7 @@
 
 use netboot_init::config::RegistrationMode;
 use netboot_init::registration::host::{self, canonical, Fixture};
-use netboot_init::registration::{parse, register, under};
+use netboot_init::registration::{parse, register, under, ChrootCommand, Exit, RegistrationOps};
 use netboot_init::sys::Real;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -198,12 +198,9 @@ fn profile_matches_what_nix_env_makes() {
     let theirs = nix_env_profile(&f.source_root, &toplevel);
     assert_eq!(ours, theirs);
     // Setting the same toplevel again reuses the generation, as nix-env does.
-    let again = netboot_init::registration::profile::set_system_profile(
-        &Real,
-        &f.target_root(),
-        &toplevel,
-    )
-    .unwrap();
+    let again =
+        netboot_init::registration::profile::set_system_profile(&Real, &f.target_root(), &toplevel)
+            .unwrap();
     assert_eq!(again, "system-1-link");
 }
 
@@ -252,4 +249,63 @@ fn registration_closure_info_form_loads_too() {
     std::fs::write(&file, parse::write(&f.registration)).unwrap();
     register(&Real, &f.config, &f.stage2_init, &f.initrd_root).unwrap_or_else(|e| panic!("{e:#}"));
     check_db_matches(&f);
+}
+
+#[test]
+fn bench_hook_times_each_mode_on_a_1000_path_closure() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root_and_nix();
+    let tmp = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let timings = host::bench_modes(&tmp.path().join("w"), 1000, Path::new(HOST_NIX_STORE), 2)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("bench fixture + runs: {:?}", started.elapsed());
+    assert_eq!(timings.len(), 6);
+    for t in &timings {
+        eprintln!("{:?}: {:.2} ms", t.mode, t.duration.as_secs_f64() * 1e3);
+        assert!(t.duration > std::time::Duration::ZERO);
+    }
+}
+
+fn host_command(program: &str, args: &[&str], timeout_ms: u64) -> ChrootCommand {
+    ChrootCommand {
+        // chroot("/") keeps the host's view, so host programs run.
+        root: PathBuf::from("/"),
+        program: PathBuf::from(program),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: vec![("PATH".into(), "/no-such-path".into())],
+        stdin: PathBuf::from("/dev/null"),
+        timeout: std::time::Duration::from_millis(timeout_ms),
+    }
+}
+
+#[test]
+fn real_spawn_reports_exit_output_enoent_and_timeout() {
+    require_root_and_nix();
+    let out = Real
+        .spawn_chrooted(&host_command(
+            "/bin/sh",
+            &["-c", "echo out; echo err >&2; echo $PATH $HOME >&2; exit 3"],
+            10_000,
+        ))
+        .unwrap();
+    assert_eq!(out.exit, Exit::Code(3));
+    assert_eq!(out.stdout, b"out\n");
+    // Only the given environment.
+    assert_eq!(out.stderr, b"err\n/no-such-path\n");
+
+    let err = Real
+        .spawn_chrooted(&host_command("/no/such/program", &[], 10_000))
+        .unwrap_err();
+    assert_eq!(err, nix::errno::Errno::ENOENT);
+
+    let started = std::time::Instant::now();
+    let out = Real
+        .spawn_chrooted(&host_command("/bin/sleep", &["30"], 300))
+        .unwrap();
+    assert_eq!(
+        out.exit,
+        Exit::TimedOut(std::time::Duration::from_millis(300))
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }

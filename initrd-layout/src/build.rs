@@ -69,7 +69,13 @@ pub struct BuildOptions {
 
 impl BuildOptions {
     /// Options with the defaults for everything but the required inputs.
-    pub fn new(init: &Path, config: &Path, modules_tree: &Path, store_image: &Path, output: &Path) -> Self {
+    pub fn new(
+        init: &Path,
+        config: &Path,
+        modules_tree: &Path,
+        store_image: &Path,
+        output: &Path,
+    ) -> Self {
         BuildOptions {
             init: init.into(),
             config: config.into(),
@@ -154,9 +160,12 @@ fn require_dir(what: &str, path: &Path) -> Result<()> {
 /// Reads and validates the config file.
 pub fn load_config(path: &Path) -> Result<(Config, Vec<u8>)> {
     require_file("config", path)?;
-    let bytes = std::fs::read(path).with_context(|| format!("reading config {}", path.display()))?;
-    let text = std::str::from_utf8(&bytes).with_context(|| format!("config {} is not UTF-8", path.display()))?;
-    let config = upstream::parse_config(text).with_context(|| format!("config {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading config {}", path.display()))?;
+    let text = std::str::from_utf8(&bytes)
+        .with_context(|| format!("config {} is not UTF-8", path.display()))?;
+    let config =
+        upstream::parse_config(text).with_context(|| format!("config {}", path.display()))?;
     Ok((config, bytes))
 }
 
@@ -219,11 +228,17 @@ fn strip_compression(rel: &str) -> &str {
 }
 
 /// The module part: the closure's files and its index files, keyed by path relative to the tree.
-fn plan_modules(opts: &BuildOptions, config: &Config, small: &mut Archive, dest_dir: &str) -> Result<Vec<String>> {
+fn plan_modules(
+    opts: &BuildOptions,
+    config: &Config,
+    small: &mut Archive,
+    dest_dir: &str,
+) -> Result<Vec<String>> {
     let tree = &opts.modules_tree;
     require_dir("modules tree", tree)?;
     let names = upstream::needed_modules(config);
-    let closure = upstream::module_closure(tree, &names).context("resolving the modules the config needs")?;
+    let closure =
+        upstream::module_closure(tree, &names).context("resolving the modules the config needs")?;
     let dep_text = std::fs::read_to_string(tree.join("modules.dep"))
         .with_context(|| format!("reading {}", tree.join("modules.dep").display()))?;
     let rename = |p: &str| -> String {
@@ -233,13 +248,18 @@ fn plan_modules(opts: &BuildOptions, config: &Config, small: &mut Archive, dest_
             strip_compression(p).to_string()
         }
     };
-    let in_closure: std::collections::BTreeSet<String> =
-        closure.iter().map(|m| m.path.to_string_lossy().into_owned()).collect();
-    let names_in_closure: std::collections::BTreeSet<String> = closure.iter().map(|m| m.name.replace('-', "_")).collect();
+    let in_closure: std::collections::BTreeSet<String> = closure
+        .iter()
+        .map(|m| m.path.to_string_lossy().into_owned())
+        .collect();
+    let names_in_closure: std::collections::BTreeSet<String> =
+        closure.iter().map(|m| m.name.replace('-', "_")).collect();
 
     let mut dep_out = String::new();
     for line in dep_text.lines() {
-        let Some((path, deps)) = line.split_once(':') else { continue };
+        let Some((path, deps)) = line.split_once(':') else {
+            continue;
+        };
         if !in_closure.contains(path.trim()) {
             continue;
         }
@@ -251,7 +271,11 @@ fn plan_modules(opts: &BuildOptions, config: &Config, small: &mut Archive, dest_
         }
         dep_out.push('\n');
     }
-    small.add_bytes(&format!("{dest_dir}/modules.dep"), 0o644, dep_out.into_bytes())?;
+    small.add_bytes(
+        &format!("{dest_dir}/modules.dep"),
+        0o644,
+        dep_out.into_bytes(),
+    )?;
 
     for m in &closure {
         let rel = m.path.to_string_lossy().into_owned();
@@ -273,12 +297,16 @@ fn plan_modules(opts: &BuildOptions, config: &Config, small: &mut Archive, dest_
 
     let mut filter = |file: &str, keyword: &str, name_at: usize| -> Result<()> {
         let p = tree.join(file);
-        let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            return Ok(());
+        };
         let mut out = String::new();
         for line in text.lines() {
             let words: Vec<&str> = line.split_whitespace().collect();
             if words.first() == Some(&keyword)
-                && words.get(name_at).is_some_and(|n| names_in_closure.contains(&n.replace('-', "_")))
+                && words
+                    .get(name_at)
+                    .is_some_and(|n| names_in_closure.contains(&n.replace('-', "_")))
             {
                 out.push_str(line);
                 out.push('\n');
@@ -320,7 +348,9 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan> {
             .modules_tree
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .context("cannot tell the kernel release from the modules tree path; pass --kernel-release")?,
+            .context(
+                "cannot tell the kernel release from the modules tree path; pass --kernel-release",
+            )?,
     };
     if release.is_empty() || release.contains('/') {
         bail!("kernel release {release:?} is not a directory name");
@@ -357,14 +387,20 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan> {
     }
     for extra in &opts.extra_files {
         if !extra.source.exists() {
-            bail!("extra file {} (for {}) does not exist", extra.source.display(), extra.dest);
+            bail!(
+                "extra file {} (for {}) does not exist",
+                extra.source.display(),
+                extra.dest
+            );
         }
         small.add_tree(&extra.dest, &extra.source)?;
     }
 
     let store_image_dest = store_image_dest(&config);
     if small.get(&store_image_dest).is_some() {
-        bail!("{store_image_dest} (the store image) would replace a file of the initrd's small part");
+        bail!(
+            "{store_image_dest} (the store image) would replace a file of the initrd's small part"
+        );
     }
     Ok(Plan {
         config,
@@ -385,8 +421,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let result = write(opts, &mut plan, &tmp);
     match result {
         Ok(mut report) => {
-            std::fs::rename(&tmp, &opts.output)
-                .with_context(|| format!("renaming {} to {}", tmp.display(), opts.output.display()))?;
+            std::fs::rename(&tmp, &opts.output).with_context(|| {
+                format!("renaming {} to {}", tmp.display(), opts.output.display())
+            })?;
             report.output = opts.output.clone();
             Ok(report)
         }
@@ -398,7 +435,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
 }
 
 pub(crate) fn temp_path(output: &Path) -> PathBuf {
-    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     output.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -411,10 +451,22 @@ fn write(opts: &BuildOptions, plan: &mut Plan, tmp: &Path) -> Result<BuildReport
         .open(tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
     if opts.single_archive {
-        plan.small.add_file(&plan.store_image_dest, 0o444, &opts.store_image)?;
+        plan.small
+            .add_file(&plan.store_image_dest, 0o444, &opts.store_image)?;
     }
     let mut small_len = 0;
     let mtime = opts.mtime;
+    let started = std::time::Instant::now();
+    log::info!(
+        "initrd: {} entries{}, compressing with {}",
+        plan.small.len(),
+        if opts.single_archive {
+            " (store image included)"
+        } else {
+            ""
+        },
+        opts.compression
+    );
     let small = &plan.small;
     opts.compression.compress_into(&file, &mut |w| {
         small_len = small.write_to(w, mtime)?;
@@ -428,9 +480,20 @@ fn write(opts: &BuildOptions, plan: &mut Plan, tmp: &Path) -> Result<BuildReport
         // skips the zero bytes before it.
         let pad = (4 - end % 4) % 4;
         let mut w = BufWriter::with_capacity(1 << 20, &mut file);
-        w.write_all(&[0u8; 3][..pad as usize]).context("writing the initrd")?;
+        w.write_all(&[0u8; 3][..pad as usize])
+            .context("writing the initrd")?;
         store_archive_offset = Some(end + pad);
-        let n = cpio::write_single_file(&mut w, &plan.store_image_dest, 0o444, &opts.store_image, mtime)?;
+        log::info!(
+            "initrd: compressed part {end} bytes in {:.1} s; appending the store image uncompressed",
+            started.elapsed().as_secs_f64()
+        );
+        let n = cpio::write_single_file(
+            &mut w,
+            &plan.store_image_dest,
+            0o444,
+            &opts.store_image,
+            mtime,
+        )?;
         w.flush().context("writing the initrd")?;
         drop(w);
         end += pad + n;

@@ -5,17 +5,23 @@ use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     /// zstd levels 1..=19: the kernel's streaming decompressor refuses windows over 8 MiB,
     /// which the `--ultra` levels use.
-    Zstd { level: u32 },
+    Zstd {
+        level: u32,
+    },
     /// xz with CRC32 checks (the kernel's xz decoder does not do CRC64) and a 1 MiB dictionary.
-    Xz { level: u32 },
-    Gzip { level: u32 },
+    Xz {
+        level: u32,
+    },
+    Gzip {
+        level: u32,
+    },
     None,
 }
 
@@ -41,9 +47,9 @@ impl Compression {
     pub fn parse(text: &str) -> Result<Compression> {
         let (name, level) = match text.split_once(':') {
             Some((n, l)) => {
-                let level: u32 = l
-                    .parse()
-                    .with_context(|| format!("compression {text:?}: level {l:?} is not a number"))?;
+                let level: u32 = l.parse().with_context(|| {
+                    format!("compression {text:?}: level {l:?} is not a number")
+                })?;
                 (n, Some(level))
             }
             None => (text, None),
@@ -66,11 +72,15 @@ impl Compression {
 
     pub fn validate(&self) -> Result<()> {
         match *self {
-            Compression::Zstd { level } if !(1..=19).contains(&level) => {
-                bail!("zstd level {level} is out of range: the kernel can unpack levels 1 to 19 (higher levels use windows over 8 MiB)")
+            Compression::Zstd { level } if !(1..=19).contains(&level) => bail!(
+                "zstd level {level} is out of range: the kernel can unpack levels 1 to 19 \
+                 (higher levels use windows over 8 MiB)"
+            ),
+            Compression::Xz { level } if level > 9 => {
+                bail!("xz level {level} is out of range (0 to 9)")
             }
-            Compression::Xz { level } | Compression::Gzip { level } if level > 9 || level == 0 && matches!(self, Compression::Gzip { .. }) => {
-                bail!("{self}: level out of range (xz 0-9, gzip 1-9)")
+            Compression::Gzip { level } if !(1..=9).contains(&level) => {
+                bail!("gzip level {level} is out of range (1 to 9)")
             }
             _ => Ok(()),
         }
@@ -80,7 +90,10 @@ impl Compression {
     pub fn command(&self) -> Option<(&'static str, Vec<String>)> {
         match *self {
             // -T1: one frame written the same way on every machine.
-            Compression::Zstd { level } => Some(("zstd", vec![format!("-{level}"), "-T1".into(), "-q".into(), "-c".into()])),
+            Compression::Zstd { level } => Some((
+                "zstd",
+                vec![format!("-{level}"), "-T1".into(), "-q".into(), "-c".into()],
+            )),
             Compression::Xz { level } => Some((
                 "xz",
                 vec![
@@ -92,7 +105,9 @@ impl Compression {
                 ],
             )),
             // -n: no file name or timestamp in the header.
-            Compression::Gzip { level } => Some(("gzip", vec![format!("-{level}"), "-n".into(), "-c".into()])),
+            Compression::Gzip { level } => {
+                Some(("gzip", vec![format!("-{level}"), "-n".into(), "-c".into()]))
+            }
             Compression::None => None,
         }
     }
@@ -110,7 +125,11 @@ impl Compression {
     /// Runs `produce` with a writer whose bytes end up compressed in `out`. The compressor
     /// writes straight to the file, so large inputs (the store image in single-archive mode)
     /// are never held in memory.
-    pub fn compress_into(&self, out: &File, produce: &mut dyn FnMut(&mut dyn Write) -> Result<()>) -> Result<()> {
+    pub fn compress_into(
+        &self,
+        out: &File,
+        produce: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+    ) -> Result<()> {
         let Some((cmd, args)) = self.command() else {
             let mut w = std::io::BufWriter::new(out);
             produce(&mut w)?;
@@ -120,7 +139,10 @@ impl Compression {
         let mut child = Command::new(cmd)
             .args(&args)
             .stdin(Stdio::piped())
-            .stdout(out.try_clone().context("duplicating the output file handle")?)
+            .stdout(
+                out.try_clone()
+                    .context("duplicating the output file handle")?,
+            )
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting `{cmd}`"))?;
@@ -129,7 +151,9 @@ impl Compression {
             let mut w = std::io::BufWriter::with_capacity(1 << 20, stdin);
             produce(&mut w).and_then(|()| w.flush().context("feeding the compressor"))
         };
-        let output = child.wait_with_output().with_context(|| format!("waiting for `{cmd}`"))?;
+        let output = child
+            .wait_with_output()
+            .with_context(|| format!("waiting for `{cmd}`"))?;
         if !output.status.success() {
             bail!(
                 "`{cmd} {}` failed ({}): {}",
@@ -140,29 +164,17 @@ impl Compression {
         }
         result
     }
-
-    /// Compresses a buffer (used for the small part and in tests).
-    pub fn compress_bytes(&self, data: &[u8], scratch: &Path) -> Result<Vec<u8>> {
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(scratch)
-            .with_context(|| format!("creating {}", scratch.display()))?;
-        self.compress_into(&file, &mut |w| w.write_all(data).context("writing to the compressor"))?;
-        drop(file);
-        let bytes = std::fs::read(scratch).with_context(|| format!("reading {}", scratch.display()))?;
-        let _ = std::fs::remove_file(scratch);
-        Ok(bytes)
-    }
 }
 
 /// Looks a command up in `$PATH` (plus the sbin directories, where Debian puts kexec).
 pub fn find_in_path(cmd: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].into_iter().map(PathBuf::from))
+        .chain(
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .into_iter()
+                .map(PathBuf::from),
+        )
         .map(|d| d.join(cmd))
         .find(|p| p.is_file())
 }
@@ -173,12 +185,26 @@ mod tests {
 
     #[test]
     fn parse_table() {
-        assert_eq!(Compression::parse("zstd").unwrap(), Compression::Zstd { level: 19 });
-        assert_eq!(Compression::parse("zstd:3").unwrap(), Compression::Zstd { level: 3 });
-        assert_eq!(Compression::parse("xz").unwrap(), Compression::Xz { level: 6 });
-        assert_eq!(Compression::parse("gzip:1").unwrap(), Compression::Gzip { level: 1 });
+        assert_eq!(
+            Compression::parse("zstd").unwrap(),
+            Compression::Zstd { level: 19 }
+        );
+        assert_eq!(
+            Compression::parse("zstd:3").unwrap(),
+            Compression::Zstd { level: 3 }
+        );
+        assert_eq!(
+            Compression::parse("xz").unwrap(),
+            Compression::Xz { level: 6 }
+        );
+        assert_eq!(
+            Compression::parse("gzip:1").unwrap(),
+            Compression::Gzip { level: 1 }
+        );
         assert_eq!(Compression::parse("none").unwrap(), Compression::None);
-        for bad in ["zstd:22", "zstd:0", "zstd:x", "lz4", "none:1", "gzip:10", ""] {
+        for bad in [
+            "zstd:22", "zstd:0", "zstd:x", "lz4", "none:1", "gzip:10", "",
+        ] {
             assert!(Compression::parse(bad).is_err(), "{bad}");
         }
     }

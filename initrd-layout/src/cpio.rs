@@ -32,7 +32,10 @@ pub enum CpioError {
     #[error("invalid archive path {path:?}: {reason}")]
     BadPath { path: String, reason: &'static str },
     #[error("{path} is already in the archive as a {existing}")]
-    Conflict { path: String, existing: &'static str },
+    Conflict {
+        path: String,
+        existing: &'static str,
+    },
     #[error("reading {}: {source}", source_path.display())]
     Read {
         source_path: PathBuf,
@@ -50,7 +53,10 @@ pub enum CpioError {
 pub enum Data {
     Bytes(Vec<u8>),
     /// Streamed from disk when the archive is written; the size is taken when it is added.
-    Path { path: PathBuf, size: u64 },
+    Path {
+        path: PathBuf,
+        size: u64,
+    },
 }
 
 impl Data {
@@ -162,7 +168,9 @@ impl Archive {
         while let Some(pos) = path[end..].find('/') {
             let parent = &path[..end + pos];
             match self.entries.get(parent) {
-                Some(Entry { kind: Kind::Dir, .. }) => {}
+                Some(Entry {
+                    kind: Kind::Dir, ..
+                }) => {}
                 Some(other) => {
                     return Err(CpioError::Conflict {
                         path: parent.to_string(),
@@ -185,7 +193,13 @@ impl Archive {
     }
 
     pub fn add_dir(&mut self, path: &str, perm: u32) -> Result<(), CpioError> {
-        self.insert(path, Entry { kind: Kind::Dir, perm: perm & 0o7777 })
+        self.insert(
+            path,
+            Entry {
+                kind: Kind::Dir,
+                perm: perm & 0o7777,
+            },
+        )
     }
 
     pub fn add_bytes(&mut self, path: &str, perm: u32, bytes: Vec<u8>) -> Result<(), CpioError> {
@@ -228,7 +242,13 @@ impl Archive {
         )
     }
 
-    pub fn add_char_dev(&mut self, path: &str, perm: u32, major: u32, minor: u32) -> Result<(), CpioError> {
+    pub fn add_char_dev(
+        &mut self,
+        path: &str,
+        perm: u32,
+        major: u32,
+        minor: u32,
+    ) -> Result<(), CpioError> {
         self.insert(
             path,
             Entry {
@@ -260,7 +280,8 @@ impl Archive {
             }
             names.sort();
             for name in names {
-                let child_dest = format!("{}/{}", dest.trim_end_matches('/'), name.to_string_lossy());
+                let child_dest =
+                    format!("{}/{}", dest.trim_end_matches('/'), name.to_string_lossy());
                 self.add_tree(&child_dest, &source.join(&name))?;
             }
             Ok(())
@@ -269,7 +290,10 @@ impl Archive {
         } else {
             Err(read_err(
                 source,
-                io::Error::new(io::ErrorKind::InvalidInput, "not a file, directory or symlink"),
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a file, directory or symlink",
+                ),
             ))
         }
     }
@@ -277,7 +301,10 @@ impl Archive {
     /// Writes the archive with every mtime set to `mtime`; returns the number of bytes written
     /// (a multiple of 4).
     pub fn write_to<W: Write + ?Sized>(&self, out: &mut W, mtime: u32) -> Result<u64, CpioError> {
-        let mut w = Counting { inner: out, count: 0 };
+        let mut w = Counting {
+            inner: out,
+            count: 0,
+        };
         for (ino, (path, entry)) in (1u32..).zip(self.entries.iter()) {
             let (mode, nlink, size, rdev) = match &entry.kind {
                 Kind::Dir => (S_IFDIR | entry.perm, 2, 0, (0, 0)),
@@ -350,7 +377,19 @@ impl Header<'_> {
         let namesize = self.name.len() as u32 + 1;
         let text = format!(
             "{MAGIC}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            self.ino, self.mode, 0, 0, self.nlink, self.mtime, self.size, 0, 0, self.rdev.0, self.rdev.1, namesize, 0
+            self.ino,
+            self.mode,
+            0,
+            0,
+            self.nlink,
+            self.mtime,
+            self.size,
+            0,
+            0,
+            self.rdev.0,
+            self.rdev.1,
+            namesize,
+            0
         );
         w.write_all(text.as_bytes())?;
         w.write_all(self.name.as_bytes())?;
@@ -383,7 +422,11 @@ fn pad4<W: Write + ?Sized>(w: &mut Counting<W>) -> io::Result<()> {
     Ok(())
 }
 
-fn copy_exact<W: Write + ?Sized>(src: &Path, size: u64, w: &mut Counting<W>) -> Result<(), CpioError> {
+fn copy_exact<W: Write + ?Sized>(
+    src: &Path,
+    size: u64,
+    w: &mut Counting<W>,
+) -> Result<(), CpioError> {
     let file = File::open(src).map_err(|e| CpioError::Read {
         source_path: src.to_path_buf(),
         source: e,
@@ -395,7 +438,11 @@ fn copy_exact<W: Write + ?Sized>(src: &Path, size: u64, w: &mut Counting<W>) -> 
     })?;
     // A file that grew is caught too: one more byte must not be readable.
     let mut extra = [0u8; 1];
-    let grew = limited.into_inner().read(&mut extra).map(|n| n > 0).unwrap_or(false);
+    let grew = limited
+        .into_inner()
+        .read(&mut extra)
+        .map(|n| n > 0)
+        .unwrap_or(false);
     if copied != size || grew {
         return Err(CpioError::Changed {
             source_path: src.to_path_buf(),
@@ -407,7 +454,13 @@ fn copy_exact<W: Write + ?Sized>(src: &Path, size: u64, w: &mut Counting<W>) -> 
 
 /// Writes one archive holding a single file at `path`, streamed from `source`. Used for the
 /// store image, which must not be read into memory.
-pub fn write_single_file<W: Write + ?Sized>(out: &mut W, path: &str, perm: u32, source: &Path, mtime: u32) -> Result<u64, CpioError> {
+pub fn write_single_file<W: Write + ?Sized>(
+    out: &mut W,
+    path: &str,
+    perm: u32,
+    source: &Path,
+    mtime: u32,
+) -> Result<u64, CpioError> {
     let mut a = Archive::new();
     a.add_file(path, perm, source)?;
     a.write_to(out, mtime)
@@ -449,11 +502,23 @@ mod tests {
     #[test]
     fn bad_paths_and_conflicts() {
         let mut a = Archive::new();
-        assert!(matches!(a.add_dir("/", 0o755), Err(CpioError::BadPath { .. })));
-        assert!(matches!(a.add_dir("a/../b", 0o755), Err(CpioError::BadPath { .. })));
+        assert!(matches!(
+            a.add_dir("/", 0o755),
+            Err(CpioError::BadPath { .. })
+        ));
+        assert!(matches!(
+            a.add_dir("a/../b", 0o755),
+            Err(CpioError::BadPath { .. })
+        ));
         a.add_bytes("f", 0o644, vec![]).unwrap();
-        assert!(matches!(a.add_bytes("f/g", 0o644, vec![]), Err(CpioError::Conflict { .. })));
-        assert!(matches!(a.add_symlink("f", "x"), Err(CpioError::Conflict { .. })));
+        assert!(matches!(
+            a.add_bytes("f/g", 0o644, vec![]),
+            Err(CpioError::Conflict { .. })
+        ));
+        assert!(matches!(
+            a.add_symlink("f", "x"),
+            Err(CpioError::Conflict { .. })
+        ));
         a.add_dir("d", 0o700).unwrap();
         a.add_dir("d", 0o755).unwrap();
     }

@@ -130,12 +130,21 @@ fn parse(words: Vec<String>) -> Result<Parsed> {
             "--comp" => p.comp = Some(val(&mut a)?),
             "--processors" => {
                 let v = val(&mut a)?;
-                p.processors = Some(v.parse().with_context(|| format!("--processors {v:?}: not a number"))?);
+                p.processors = Some(
+                    v.parse()
+                        .with_context(|| format!("--processors {v:?}: not a number"))?,
+                );
             }
             "--paths-from" => {
                 let f = val(&mut a)?;
-                let text = std::fs::read_to_string(&f).with_context(|| format!("--paths-from {f}"))?;
-                p.paths.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string));
+                let text =
+                    std::fs::read_to_string(&f).with_context(|| format!("--paths-from {f}"))?;
+                p.paths.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string),
+                );
             }
             "--kernel" => p.kernel = Some(val(&mut a)?.into()),
             "--initrd" => p.initrd = Some(val(&mut a)?.into()),
@@ -150,16 +159,18 @@ fn parse(words: Vec<String>) -> Result<Parsed> {
 
 fn mtime() -> Result<u32> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => v
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds that fits 32 bits")),
+        Ok(v) if !v.is_empty() => v.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds that fits 32 bits")
+        }),
         _ => Ok(0),
     }
 }
 
 fn build_options(p: &mut Parsed, output: PathBuf) -> Result<BuildOptions> {
-    let need = |v: &Option<PathBuf>, flag: &str| v.clone().with_context(|| format!("build: {flag} is required\n\n{USAGE}"));
+    let need = |v: &Option<PathBuf>, flag: &str| {
+        v.clone()
+            .with_context(|| format!("build: {flag} is required\n\n{USAGE}"))
+    };
     let mut o = BuildOptions::new(
         &need(&p.init, "--init")?,
         &need(&p.config, "--config")?,
@@ -194,7 +205,10 @@ fn run(args: Vec<String>) -> Result<()> {
         return Ok(());
     }
     let mut p = parse(args[1..].to_vec())?;
-    let output = p.output.clone().with_context(|| format!("{cmd}: -o/--output is required\n\n{USAGE}"))?;
+    let output = p
+        .output
+        .clone()
+        .with_context(|| format!("{cmd}: -o/--output is required\n\n{USAGE}"))?;
     match cmd.as_str() {
         "build" => {
             no_leftover_paths(&p)?;
@@ -203,7 +217,8 @@ fn run(args: Vec<String>) -> Result<()> {
             println!("{report}");
         }
         "store-image" => {
-            let mut o = StoreImageOptions::new(std::mem::take(&mut p.paths), p.store_root.take(), &output);
+            let mut o =
+                StoreImageOptions::new(std::mem::take(&mut p.paths), p.store_root.take(), &output);
             o.registration = p.registration.take();
             o.comp = p.comp.take().unwrap_or_else(|| DEFAULT_COMP.to_string());
             o.processors = p.processors;
@@ -213,10 +228,15 @@ fn run(args: Vec<String>) -> Result<()> {
         }
         "netboot-dir" => {
             no_leftover_paths(&p)?;
-            let kernel = p.kernel.clone().with_context(|| format!("netboot-dir: --kernel is required\n\n{USAGE}"))?;
+            let kernel = p
+                .kernel
+                .clone()
+                .with_context(|| format!("netboot-dir: --kernel is required\n\n{USAGE}"))?;
             let initrd = match p.initrd.take() {
                 Some(f) => InitrdSource::Prebuilt(f),
-                None => InitrdSource::Build(Box::new(build_options(&mut p, output.join("initrd"))?)),
+                None => {
+                    InitrdSource::Build(Box::new(build_options(&mut p, output.join("initrd"))?))
+                }
             };
             let o = NetbootDirOptions {
                 kernel,

@@ -47,7 +47,12 @@ pub struct NetbootDirReport {
 
 impl std::fmt::Display for NetbootDirReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: bzImage, initrd, netboot.ipxe, kexec-tree/; command line: {}", self.out_dir.display(), self.cmdline)
+        write!(
+            f,
+            "{}: bzImage, initrd, netboot.ipxe, kexec-tree/; command line: {}",
+            self.out_dir.display(),
+            self.cmdline
+        )
     }
 }
 
@@ -103,7 +108,11 @@ pub fn kernel_cmdline(stage2_init: &str, params: &[String]) -> Result<String> {
 pub fn ipxe_script(cmdline: &str) -> String {
     // The command line starts with the init= word; netboot.nix puts initrd= right after it.
     let (init, rest) = cmdline.split_once(' ').unwrap_or((cmdline, ""));
-    let rest = if rest.is_empty() { String::new() } else { format!("{rest} ") };
+    let rest = if rest.is_empty() {
+        String::new()
+    } else {
+        format!("{rest} ")
+    };
     format!(
         "#!ipxe\n\
          # Use the cmdline variable to allow the user to specify custom kernel params\n\
@@ -144,26 +153,49 @@ fi
 
 /// An x86 boot image has the "HdrS" signature at offset 0x202.
 fn check_kernel(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path).with_context(|| format!("kernel image {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("kernel image {}", path.display()))?;
     if !meta.is_file() {
         bail!("kernel image {} is not a regular file", path.display());
     }
     let mut head = [0u8; 0x206];
     use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("kernel image {}", path.display()))?;
-    let n = f.read(&mut head).with_context(|| format!("reading kernel image {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("kernel image {}", path.display()))?;
+    let n = f
+        .read(&mut head)
+        .with_context(|| format!("reading kernel image {}", path.display()))?;
     if n < head.len() || &head[0x202..0x206] != b"HdrS" {
-        bail!("{} is not an x86 kernel boot image (bzImage): no \"HdrS\" boot header", path.display());
+        bail!(
+            "{} is not an x86 kernel boot image (bzImage): no \"HdrS\" boot header",
+            path.display()
+        );
     }
     Ok(())
 }
 
-fn place(src: &Path, dest: &Path) -> Result<()> {
-    if dest.exists() {
-        std::fs::remove_file(dest).with_context(|| format!("replacing {}", dest.display()))?;
-    }
+/// Copies an input into the directory (never a hard link to it: editing the output must not
+/// change the input).
+fn copy_in(src: &Path, dest: &Path) -> Result<()> {
+    remove_existing(dest)?;
+    std::fs::copy(src, dest)
+        .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
+    Ok(())
+}
+
+/// The kexec tree shares the files of the directory: a hard link where possible.
+fn link_within(src: &Path, dest: &Path) -> Result<()> {
+    remove_existing(dest)?;
     if std::fs::hard_link(src, dest).is_err() {
-        std::fs::copy(src, dest).with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
+        std::fs::copy(src, dest)
+            .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
+    }
+    Ok(())
+}
+
+fn remove_existing(path: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        std::fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
     }
     Ok(())
 }
@@ -185,7 +217,9 @@ pub fn make_netboot_dir(opts: &NetbootDirOptions) -> Result<NetbootDirReport> {
                 .init
                 .context("no stage-2 init: pass --stage2-init or set \"init\" in the config")?
         }
-        (None, InitrdSource::Prebuilt(_)) => bail!("no stage-2 init: pass --stage2-init with a prebuilt initrd"),
+        (None, InitrdSource::Prebuilt(_)) => {
+            bail!("no stage-2 init: pass --stage2-init with a prebuilt initrd")
+        }
     };
     let cmdline = kernel_cmdline(&stage2_init, &opts.kernel_params)?;
     let out = &opts.out_dir;
@@ -200,7 +234,7 @@ pub fn make_netboot_dir(opts: &NetbootDirOptions) -> Result<NetbootDirReport> {
                 bail!("initrd {} is not a regular file", p.display());
             }
             std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-            place(p, &initrd_path)?;
+            copy_in(p, &initrd_path)?;
             None
         }
         InitrdSource::Build(b) => {
@@ -212,12 +246,12 @@ pub fn make_netboot_dir(opts: &NetbootDirOptions) -> Result<NetbootDirReport> {
             Some(build::build(&b)?)
         }
     };
-    place(&opts.kernel, &out.join("bzImage"))?;
+    copy_in(&opts.kernel, &out.join("bzImage"))?;
     write_file(&out.join("netboot.ipxe"), &ipxe_script(&cmdline), 0o644)?;
     let tree = out.join("kexec-tree");
     std::fs::create_dir_all(&tree).with_context(|| format!("creating {}", tree.display()))?;
-    place(&out.join("bzImage"), &tree.join("bzImage"))?;
-    place(&initrd_path, &tree.join("initrd"))?;
+    link_within(&out.join("bzImage"), &tree.join("bzImage"))?;
+    link_within(&initrd_path, &tree.join("initrd"))?;
     write_file(&tree.join("kexec-boot"), &kexec_script(&cmdline), 0o755)?;
     Ok(NetbootDirReport {
         out_dir: out.clone(),
@@ -232,10 +266,29 @@ mod tests {
 
     #[test]
     fn params_table() {
-        for ok in ["console=ttyS0,115200", "boot.shell_on_fail", "foo=\"a\"", "--", "quiet", "x=1#2"] {
+        for ok in [
+            "console=ttyS0,115200",
+            "boot.shell_on_fail",
+            "foo=\"a\"",
+            "--",
+            "quiet",
+            "x=1#2",
+        ] {
             check_param(ok).unwrap_or_else(|e| panic!("{ok}: {e:#}"));
         }
-        for bad in ["a b", "a\tb", "x=${net0/mac}", "x=$y", "#c", "||", "&&", ";", "", "a\nb", "it's"] {
+        for bad in [
+            "a b",
+            "a\tb",
+            "x=${net0/mac}",
+            "x=$y",
+            "#c",
+            "||",
+            "&&",
+            ";",
+            "",
+            "a\nb",
+            "it's",
+        ] {
             assert!(check_param(bad).is_err(), "{bad:?}");
         }
     }
@@ -244,14 +297,19 @@ mod tests {
     fn cmdline_and_scripts() {
         let params = vec!["console=ttyS0".to_string(), "loglevel=7".to_string()];
         let line = kernel_cmdline("/nix/store/abc-nixos-system/init", &params).unwrap();
-        assert_eq!(line, "init=/nix/store/abc-nixos-system/init console=ttyS0 loglevel=7");
+        assert_eq!(
+            line,
+            "init=/nix/store/abc-nixos-system/init console=ttyS0 loglevel=7"
+        );
         let s = ipxe_script(&line);
         assert!(s.starts_with("#!ipxe\n"));
         assert!(s.contains(
             "\nkernel bzImage init=/nix/store/abc-nixos-system/init initrd=initrd console=ttyS0 loglevel=7 ${cmdline}\ninitrd initrd\nboot\n"
         ));
         let k = kexec_script(&line);
-        assert!(k.contains("cmdline='init=/nix/store/abc-nixos-system/init console=ttyS0 loglevel=7'\n"));
+        assert!(k.contains(
+            "cmdline='init=/nix/store/abc-nixos-system/init console=ttyS0 loglevel=7'\n"
+        ));
         assert!(k.contains("--initrd=\"$dir/initrd\""));
         assert!(kernel_cmdline("relative/init", &[]).is_err());
         assert!(kernel_cmdline("/a/init", &["init=/b".to_string()]).is_err());

@@ -55,7 +55,13 @@ pub struct StoreImageReport {
 
 impl std::fmt::Display for StoreImageReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} store paths, {} bytes", self.output.display(), self.paths.len(), self.size)
+        write!(
+            f,
+            "{}: {} store paths, {} bytes",
+            self.output.display(),
+            self.paths.len(),
+            self.size
+        )
     }
 }
 
@@ -73,7 +79,11 @@ fn run_capture(mut cmd: Command, what: &str) -> Result<String> {
         .output()
         .with_context(|| format!("{what}: starting {:?}", cmd.get_program()))?;
     if !out.status.success() {
-        bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     String::from_utf8(out.stdout).with_context(|| format!("{what}: output is not UTF-8"))
 }
@@ -83,7 +93,10 @@ pub fn parse_comp(comp: &str) -> Result<Vec<String>> {
     let words: Vec<String> = comp.split_whitespace().map(str::to_string).collect();
     match words.first() {
         Some(c) if SQUASHFS_COMPRESSORS.contains(&c.as_str()) => Ok(words),
-        Some(c) => bail!("squashfs compression {c:?} is not one of {}", SQUASHFS_COMPRESSORS.join(", ")),
+        Some(c) => bail!(
+            "squashfs compression {c:?} is not one of {}",
+            SQUASHFS_COMPRESSORS.join(", ")
+        ),
         None => bail!("empty squashfs compression setting"),
     }
 }
@@ -102,7 +115,10 @@ pub fn make_store_image(opts: &StoreImageOptions) -> Result<StoreImageReport> {
         bail!("no store paths given");
     }
     for p in &opts.store_paths {
-        if !p.starts_with("/nix/store/") || p["/nix/store/".len()..].contains('/') || p.len() <= "/nix/store/".len() {
+        if !p.starts_with("/nix/store/")
+            || p["/nix/store/".len()..].contains('/')
+            || p.len() <= "/nix/store/".len()
+        {
             bail!("{p:?} is not a store path (expected /nix/store/<hash>-<name>)");
         }
     }
@@ -123,7 +139,8 @@ pub fn make_store_image(opts: &StoreImageOptions) -> Result<StoreImageReport> {
 
     let (paths, registration) = match &opts.registration {
         Some(file) => {
-            let text = std::fs::read_to_string(file).with_context(|| format!("registration file {}", file.display()))?;
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("registration file {}", file.display()))?;
             let mut paths = opts.store_paths.clone();
             paths.sort();
             paths.dedup();
@@ -133,7 +150,10 @@ pub fn make_store_image(opts: &StoreImageOptions) -> Result<StoreImageReport> {
             if find_in_path("nix-store").is_none() {
                 bail!("nix-store is not installed (Debian package nix-bin); pass --registration FILE instead");
             }
-            log::info!("store image: computing the closure of {} store paths", opts.store_paths.len());
+            log::info!(
+                "store image: computing the closure of {} store paths",
+                opts.store_paths.len()
+            );
             let mut q = nix_store(root);
             q.arg("--query").arg("--requisites").args(&opts.store_paths);
             let mut paths: Vec<String> = run_capture(q, "nix-store --query --requisites")?
@@ -152,14 +172,18 @@ pub fn make_store_image(opts: &StoreImageOptions) -> Result<StoreImageReport> {
     for p in &paths {
         let phys = physical(root, p);
         if std::fs::symlink_metadata(&phys).is_err() {
-            bail!("store path {p} is missing: {} does not exist", phys.display());
+            bail!(
+                "store path {p} is missing: {} does not exist",
+                phys.display()
+            );
         }
     }
 
     let staging = tempfile_dir(&opts.output)?;
     let result = (|| {
         let reg_file = staging.join("nix-path-registration");
-        std::fs::write(&reg_file, &registration).with_context(|| format!("writing {}", reg_file.display()))?;
+        std::fs::write(&reg_file, &registration)
+            .with_context(|| format!("writing {}", reg_file.display()))?;
         let tmp_out = crate::build::temp_path(&opts.output);
         let mut cmd = Command::new("mksquashfs");
         cmd.arg(&reg_file);
@@ -167,14 +191,26 @@ pub fn make_store_image(opts: &StoreImageOptions) -> Result<StoreImageReport> {
             cmd.arg(physical(root, p));
         }
         cmd.arg(&tmp_out)
-            .args(["-no-hardlinks", "-keep-as-directory", "-all-root", "-b", "1048576", "-noappend", "-comp"])
+            .args([
+                "-no-hardlinks",
+                "-keep-as-directory",
+                "-all-root",
+                "-b",
+                "1048576",
+                "-noappend",
+                "-comp",
+            ])
             .args(&comp)
             .env("SOURCE_DATE_EPOCH", opts.mtime.to_string())
             .stdin(Stdio::null());
         if let Some(n) = opts.processors {
             cmd.arg("-processors").arg(n.to_string());
         }
-        log::info!("store image: mksquashfs of {} store paths with -comp {}", paths.len(), comp.join(" "));
+        log::info!(
+            "store image: mksquashfs of {} store paths with -comp {}",
+            paths.len(),
+            comp.join(" ")
+        );
         let started = Instant::now();
         let mut child = cmd.spawn().context("starting mksquashfs")?;
         // mksquashfs draws its own progress bar on a terminal; these lines cover logs and CI.
@@ -198,10 +234,19 @@ pub fn make_store_image(opts: &StoreImageOptions) -> Result<StoreImageReport> {
             let _ = std::fs::remove_file(&tmp_out);
             bail!("mksquashfs failed ({status})");
         }
-        std::fs::rename(&tmp_out, &opts.output)
-            .with_context(|| format!("renaming {} to {}", tmp_out.display(), opts.output.display()))?;
+        std::fs::rename(&tmp_out, &opts.output).with_context(|| {
+            format!(
+                "renaming {} to {}",
+                tmp_out.display(),
+                opts.output.display()
+            )
+        })?;
         let size = std::fs::metadata(&opts.output)?.len();
-        log::info!("store image: done in {:.1} s, {} bytes", started.elapsed().as_secs_f64(), size);
+        log::info!(
+            "store image: done in {:.1} s, {} bytes",
+            started.elapsed().as_secs_f64(),
+            size
+        );
         Ok(StoreImageReport {
             output: opts.output.clone(),
             paths: paths.clone(),
@@ -213,7 +258,10 @@ pub fn make_store_image(opts: &StoreImageOptions) -> Result<StoreImageReport> {
 }
 
 fn tempfile_dir(output: &Path) -> Result<PathBuf> {
-    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let dir = parent.join(format!(".store-image-staging-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
@@ -225,7 +273,10 @@ mod tests {
 
     #[test]
     fn comp_words() {
-        assert_eq!(parse_comp(DEFAULT_COMP).unwrap(), ["zstd", "-Xcompression-level", "19"]);
+        assert_eq!(
+            parse_comp(DEFAULT_COMP).unwrap(),
+            ["zstd", "-Xcompression-level", "19"]
+        );
         assert_eq!(parse_comp("xz -Xdict-size 100%").unwrap()[0], "xz");
         assert!(parse_comp("brotli").is_err());
         assert!(parse_comp("  ").is_err());

@@ -43,6 +43,9 @@ pub fn module_closure(modules_tree: &Path, names: &[String]) -> Result<Vec<Closu
     let entries = index.closure(names)?;
     Ok(entries
         .into_iter()
-        .map(|e| ClosureModule { name: e.name, path: e.path })
+        .map(|e| ClosureModule {
+            name: e.name,
+            path: e.path,
+        })
         .collect())
 }

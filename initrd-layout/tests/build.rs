@@ -40,7 +40,9 @@ fn split(report: &BuildReport, tool: &str) -> (Vec<u8>, Option<Vec<u8>>) {
     let store = report.store_archive_offset.map(|off| {
         assert_eq!(off % 4, 0, "the store archive must start 4-byte aligned");
         assert!(off >= report.compressed_len && off - report.compressed_len < 4);
-        assert!(bytes[report.compressed_len as usize..off as usize].iter().all(|&b| b == 0));
+        assert!(bytes[report.compressed_len as usize..off as usize]
+            .iter()
+            .all(|&b| b == 0));
         bytes[off as usize..].to_vec()
     });
     (small, store)
@@ -69,17 +71,28 @@ fn check_module_closure(root: &Path, mdir: &str, list: &[Listed], expect: &[&str
         assert!(path.ends_with(suffix), "{path} should end with {suffix}");
         listed_paths.push(path.to_string());
         for d in deps.split_whitespace().chain([path]) {
-            assert!(root.join(mdir).join(d).is_file(), "{d} (from modules.dep) missing from the initrd");
+            assert!(
+                root.join(mdir).join(d).is_file(),
+                "{d} (from modules.dep) missing from the initrd"
+            );
         }
     }
     let shipped: Vec<&Listed> = list.iter().filter(|e| e.name.contains(".ko")).collect();
-    assert_eq!(shipped.len(), listed_paths.len(), "modules shipped vs modules.dep lines: {shipped:#?}");
+    assert_eq!(
+        shipped.len(),
+        listed_paths.len(),
+        "modules shipped vs modules.dep lines: {shipped:#?}"
+    );
     for e in &shipped {
         assert_eq!(e.mode, "-rw-r--r--", "{}", e.name);
     }
     for m in expect {
         assert!(
-            listed_paths.iter().any(|p| p.rsplit('/').next().unwrap().starts_with(&format!("{m}.ko"))),
+            listed_paths.iter().any(|p| p
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .starts_with(&format!("{m}.ko"))),
             "module {m} missing from {listed_paths:?}"
         );
     }
@@ -91,7 +104,10 @@ fn check_common(list: &[Listed], opts: &BuildOptions) {
     }
     let init = entry(list, "init");
     assert_eq!(init.mode, "-rwxr-xr-x");
-    assert_eq!(init.size_or_dev, std::fs::metadata(&opts.init).unwrap().len().to_string());
+    assert_eq!(
+        init.size_or_dev,
+        std::fs::metadata(&opts.init).unwrap().len().to_string()
+    );
     assert_eq!(entry(list, "etc/netboot-init.json").mode, "-rw-r--r--");
     assert_eq!(entry(list, "dev").mode, "drwxr-xr-x");
     let console = entry(list, "dev/console");
@@ -105,7 +121,10 @@ fn check_common(list: &[Listed], opts: &BuildOptions) {
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted);
-    assert!(!names.contains(&"nix-store.squashfs"), "the store image belongs in the second archive");
+    assert!(
+        !names.contains(&"nix-store.squashfs"),
+        "the store image belongs in the second archive"
+    );
 }
 
 fn check_store_archive(store: &[u8], opts: &BuildOptions, dir: &Path) {
@@ -130,7 +149,10 @@ fn kernel_6_12_zstd_layout_lists_with_gnu_cpio() {
     check_common(&list, &f.opts);
     let root = f.dir.path().join("unpacked");
     cpio_extract(&small, &root);
-    assert_eq!(std::fs::read(root.join("init")).unwrap(), std::fs::read(&f.opts.init).unwrap());
+    assert_eq!(
+        std::fs::read(root.join("init")).unwrap(),
+        std::fs::read(&f.opts.init).unwrap()
+    );
     assert_eq!(
         std::fs::read(root.join("etc/netboot-init.json")).unwrap(),
         std::fs::read(&f.opts.config).unwrap()
@@ -138,14 +160,27 @@ fn kernel_6_12_zstd_layout_lists_with_gnu_cpio() {
     let mdir = modules_dir(&list);
     assert_eq!(mdir, format!("lib/modules/{}", report.kernel_release));
     // 6.12 ships .ko.xz; the initrd carries them decompressed.
-    check_module_closure(&root, &mdir, &list, &["squashfs", "loop", "overlay", "virtio_net", "failover"], ".ko");
+    check_module_closure(
+        &root,
+        &mdir,
+        &list,
+        &["squashfs", "loop", "overlay", "virtio_net", "failover"],
+        ".ko",
+    );
     let (tree, _) = kernel("6.12");
-    let original = run(Command::new("xz").args(["-dc"]).arg(tree.join("kernel/fs/squashfs/squashfs.ko.xz")));
-    assert_eq!(std::fs::read(root.join(&mdir).join("kernel/fs/squashfs/squashfs.ko")).unwrap(), original);
+    let original = run(Command::new("xz")
+        .args(["-dc"])
+        .arg(tree.join("kernel/fs/squashfs/squashfs.ko.xz")));
+    assert_eq!(
+        std::fs::read(root.join(&mdir).join("kernel/fs/squashfs/squashfs.ko")).unwrap(),
+        original
+    );
     // The alias index keeps only the closure's lines, and keeps them all.
     let alias = std::fs::read_to_string(root.join(&mdir).join("modules.alias")).unwrap();
     assert!(alias.lines().any(|l| l.ends_with(" virtio_net")), "{alias}");
-    assert!(alias.lines().all(|l| report.modules.iter().any(|m| l.ends_with(&format!(" {m}")))));
+    assert!(alias
+        .lines()
+        .all(|l| report.modules.iter().any(|m| l.ends_with(&format!(" {m}")))));
     for f in ["modules.builtin", "modules.builtin.modinfo"] {
         assert_eq!(
             std::fs::read(root.join(&mdir).join(f)).unwrap(),
@@ -160,14 +195,24 @@ fn kernel_6_12_zstd_layout_lists_with_gnu_cpio() {
 fn kernel_6_1_plain_modules_are_shipped_unchanged() {
     let f = fixture("6.1", &["virtio_net"]);
     let report = build(&f.opts).unwrap();
-    assert!(report.modules.contains(&"virtio_ring".to_string()), "{:?}", report.modules);
+    assert!(
+        report.modules.contains(&"virtio_ring".to_string()),
+        "{:?}",
+        report.modules
+    );
     let (small, store) = split(&report, "zstd");
     let list = cpio_list(&small);
     check_common(&list, &f.opts);
     let root = f.dir.path().join("unpacked");
     cpio_extract(&small, &root);
     let mdir = modules_dir(&list);
-    check_module_closure(&root, &mdir, &list, &["squashfs", "loop", "overlay", "virtio_net", "virtio_ring"], ".ko");
+    check_module_closure(
+        &root,
+        &mdir,
+        &list,
+        &["squashfs", "loop", "overlay", "virtio_net", "virtio_ring"],
+        ".ko",
+    );
     let (tree, _) = kernel("6.1");
     assert_eq!(
         std::fs::read(root.join(&mdir).join("kernel/drivers/block/loop.ko")).unwrap(),
@@ -186,7 +231,13 @@ fn keep_module_compression_ships_modules_as_packaged() {
     let root = f.dir.path().join("unpacked");
     cpio_extract(&small, &root);
     let mdir = modules_dir(&list);
-    check_module_closure(&root, &mdir, &list, &["squashfs", "loop", "overlay"], ".ko.xz");
+    check_module_closure(
+        &root,
+        &mdir,
+        &list,
+        &["squashfs", "loop", "overlay"],
+        ".ko.xz",
+    );
     let (tree, _) = kernel("6.12");
     assert_eq!(
         std::fs::read(root.join(&mdir).join("kernel/fs/overlayfs/overlay.ko.xz")).unwrap(),
@@ -230,7 +281,13 @@ fn single_archive_mode_compresses_everything_together() {
     let list = cpio_list(&all);
     let img = entry(&list, "nix-store.squashfs");
     assert_eq!(img.mode, "-r--r--r--");
-    assert_eq!(img.size_or_dev, std::fs::metadata(&f.opts.store_image).unwrap().len().to_string());
+    assert_eq!(
+        img.size_or_dev,
+        std::fs::metadata(&f.opts.store_image)
+            .unwrap()
+            .len()
+            .to_string()
+    );
     assert_eq!(entry(&list, "init").mode, "-rwxr-xr-x");
 }
 
@@ -251,7 +308,10 @@ fn rebuild_is_byte_identical() {
     }
     opts.output = b.path().join("initrd");
     let second = build(&opts).unwrap();
-    let (x, y) = (std::fs::read(&first.output).unwrap(), std::fs::read(&second.output).unwrap());
+    let (x, y) = (
+        std::fs::read(&first.output).unwrap(),
+        std::fs::read(&second.output).unwrap(),
+    );
     assert!(x == y, "rebuild differs ({} vs {} bytes)", x.len(), y.len());
     // The fixed mtime is what makes it so: another one gives other bytes.
     opts.mtime = 1_700_000_000;
@@ -280,15 +340,24 @@ fn shell_prebuilt_db_and_extra_files() {
     assert_eq!(entry(&list, "etc/motd").size_or_dev, "3");
     let root = f.dir.path().join("unpacked");
     cpio_extract(&small, &root);
-    assert_eq!(std::fs::read_link(root.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+    assert_eq!(
+        std::fs::read_link(root.join("bin/sh")).unwrap(),
+        Path::new("/bin/busybox")
+    );
 }
 
 /// Runs a build expected to fail; checks the message and that nothing was written.
 fn expect_error(opts: &BuildOptions, needle: &str) {
     let out_dir = opts.output.parent().unwrap();
     let err = format!("{:#}", build(opts).unwrap_err());
-    assert!(err.contains(needle), "error {err:?} should mention {needle:?}");
-    let left: Vec<_> = std::fs::read_dir(out_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        err.contains(needle),
+        "error {err:?} should mention {needle:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert!(left.is_empty(), "a failed build left {left:?} behind");
 }
 
@@ -311,7 +380,11 @@ fn error_missing_config() {
 fn error_config_does_not_validate() {
     let f = fixture("6.12", &[]);
     let text = std::fs::read_to_string(&f.opts.config).unwrap();
-    std::fs::write(&f.opts.config, text.replace("\"fsType\": \"squashfs\"", "\"fsType\": 7")).unwrap();
+    std::fs::write(
+        &f.opts.config,
+        text.replace("\"fsType\": \"squashfs\"", "\"fsType\": 7"),
+    )
+    .unwrap();
     expect_error(&f.opts, "fsType");
     std::fs::write(&f.opts.config, text.replacen('{', "{\"bogusField\": 1,", 1)).unwrap();
     expect_error(&f.opts, "bogusField");
@@ -323,7 +396,11 @@ fn error_modules_tree_without_modules_dep() {
     let (tree, _) = kernel("6.12");
     let fake = f.dir.path().join("modules").join(tree.file_name().unwrap());
     std::fs::create_dir_all(fake.join("kernel/fs/squashfs")).unwrap();
-    std::fs::copy(tree.join("kernel/fs/squashfs/squashfs.ko.xz"), fake.join("kernel/fs/squashfs/squashfs.ko.xz")).unwrap();
+    std::fs::copy(
+        tree.join("kernel/fs/squashfs/squashfs.ko.xz"),
+        fake.join("kernel/fs/squashfs/squashfs.ko.xz"),
+    )
+    .unwrap();
     f.opts.modules_tree = fake;
     expect_error(&f.opts, "no modules.dep");
     f.opts.modules_tree = f.dir.path().join("no/such/tree");
@@ -343,12 +420,23 @@ fn error_module_file_listed_but_absent() {
     let (tree, _) = kernel("6.1");
     let fake = f.dir.path().join("modules").join(tree.file_name().unwrap());
     std::fs::create_dir_all(&fake).unwrap();
-    for idx in ["modules.dep", "modules.builtin", "modules.alias", "modules.softdep"] {
+    for idx in [
+        "modules.dep",
+        "modules.builtin",
+        "modules.alias",
+        "modules.softdep",
+    ] {
         std::fs::copy(tree.join(idx), fake.join(idx)).unwrap();
     }
     f.opts.modules_tree = fake.clone();
     expect_error(&f.opts, "cannot be read");
-    expect_error(&f.opts, &fake.join("kernel/drivers/block/loop.ko").display().to_string());
+    expect_error(
+        &f.opts,
+        &fake
+            .join("kernel/drivers/block/loop.ko")
+            .display()
+            .to_string(),
+    );
 }
 
 #[test]
@@ -374,7 +462,8 @@ fn error_store_image_over_4_gib_names_file_and_size() {
 #[test]
 fn error_prebuilt_mode_without_database() {
     let f = fixture("6.12", &[]);
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f.opts.config).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&f.opts.config).unwrap()).unwrap();
     v["registration"] = serde_json::json!({"mode": "prebuilt"});
     std::fs::write(&f.opts.config, v.to_string()).unwrap();
     expect_error(&f.opts, "prebuilt");
@@ -407,7 +496,11 @@ fn cli_builds_and_reports_errors() {
         .env("SOURCE_DATE_EPOCH", "1000")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("store image archive at offset"), "{stdout}");
     assert_eq!(&std::fs::read(&o.output).unwrap()[..6], b"\xfd7zXZ\0");
@@ -419,7 +512,10 @@ fn cli_builds_and_reports_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("zstd level 22"));
 
-    let out = Command::new(bin).args(["build", "-o", "x"]).output().unwrap();
+    let out = Command::new(bin)
+        .args(["build", "-o", "x"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--init is required"));
 }

@@ -19,7 +19,13 @@ fn boot_and_check(series: &str, compression: Compression) {
     // Plan once to learn the module load order, then write the script that loads them.
     let init = dir.path().join("init.sh");
     std::fs::write(&init, "#!/bin/sh\n").unwrap();
-    let mut opts = BuildOptions::new(&init, &config(dir.path(), &[]), &tree, &img, &dir.path().join("initrd"));
+    let mut opts = BuildOptions::new(
+        &init,
+        &config(dir.path(), &[]),
+        &tree,
+        &img,
+        &dir.path().join("initrd"),
+    );
     opts.shell = Some("/bin/busybox".into());
     opts.compression = compression;
     let plan = initrd_layout::build::plan(&opts).unwrap();
@@ -36,7 +42,9 @@ fn boot_and_check(series: &str, compression: Compression) {
             })
             .unwrap();
         let path = path.trim_end_matches(".xz");
-        insmods.push_str(&format!("/bin/busybox insmod {mdir}/{path} && echo \"CHECK insmod {m} ok\"\n"));
+        insmods.push_str(&format!(
+            "/bin/busybox insmod {mdir}/{path} && echo \"CHECK insmod {m} ok\"\n"
+        ));
     }
     std::fs::write(
         &init,
@@ -59,7 +67,17 @@ fn boot_and_check(series: &str, compression: Compression) {
     assert!(report.store_archive_offset.is_some());
 
     let out = Command::new("timeout")
-        .args(["300", "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-kernel"])
+        .args([
+            "300",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+        ])
         .arg(&kernel_image)
         .arg("-initrd")
         .arg(&report.output)
@@ -71,8 +89,15 @@ fn boot_and_check(series: &str, compression: Compression) {
         .lines()
         .filter_map(|l| l.find("CHECK ").map(|i| l[i + 6..].trim_end()))
         .collect();
-    let expect_insmods: Vec<String> = plan.modules.iter().map(|m| format!("insmod {m} ok")).collect();
-    let mut expected = vec![format!("md5 {md5}  /nix-store.squashfs"), "init 755".to_string()];
+    let expect_insmods: Vec<String> = plan
+        .modules
+        .iter()
+        .map(|m| format!("insmod {m} ok"))
+        .collect();
+    let mut expected = vec![
+        format!("md5 {md5}  /nix-store.squashfs"),
+        "init 755".to_string(),
+    ];
     expected.extend(expect_insmods);
     expected.push("store echo hello".into());
     expected.push("done".into());
@@ -87,4 +112,83 @@ fn kernel_6_12_unpacks_zstd_part_and_store_archive() {
 #[test]
 fn kernel_6_1_unpacks_xz_part_and_store_archive() {
     boot_and_check("6.1", Compression::Xz { level: 6 });
+}
+
+/// QEMU's own iPXE ROM fetches the generated `netboot.ipxe` over QEMU's built-in TFTP server,
+/// loads bzImage and initrd as the script says, and the kernel gets exactly the command line
+/// the script was made from.
+#[test]
+fn ipxe_runs_the_generated_script() {
+    use initrd_layout::netboot_dir::{make_netboot_dir, InitrdSource, NetbootDirOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, kernel_image) = kernel("6.12");
+    let img = store_image(dir.path());
+    let init = dir.path().join("init.sh");
+    std::fs::write(
+        &init,
+        "#!/bin/sh\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         echo \"CHECK cmdline $(/bin/busybox cat /proc/cmdline)\"\n\
+         echo \"CHECK store $(/bin/busybox stat -c %s /nix-store.squashfs)\"\n\
+         /bin/busybox poweroff -f\n",
+    )
+    .unwrap();
+    let mut build = BuildOptions::new(
+        &init,
+        &config(dir.path(), &[]),
+        &tree,
+        &img,
+        &dir.path().join("unused"),
+    );
+    build.shell = Some("/bin/busybox".into());
+    let o = NetbootDirOptions {
+        kernel: kernel_image,
+        initrd: InitrdSource::Build(Box::new(build)),
+        stage2_init: Some("/nix/store/22222222222222222222222222222222-nixos-system/init".into()),
+        kernel_params: vec![
+            "console=ttyS0".into(),
+            "panic=-1".into(),
+            "boot.trace".into(),
+        ],
+        out_dir: dir.path().join("netboot"),
+    };
+    let report = make_netboot_dir(&o).unwrap();
+    let out = Command::new("timeout")
+        .args([
+            "300",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+            "-boot",
+            "n",
+        ])
+        .arg("-netdev")
+        .arg(format!(
+            "user,id=n0,tftp={},bootfile=netboot.ipxe",
+            o.out_dir.display()
+        ))
+        .args(["-device", "e1000,netdev=n0"])
+        .output()
+        .expect("qemu-system-x86_64");
+    let console = String::from_utf8_lossy(&out.stdout);
+    let checks: Vec<&str> = console
+        .lines()
+        .filter_map(|l| l.find("CHECK ").map(|i| l[i + 6..].trim_end()))
+        .collect();
+    // iPXE joins the words with single spaces, puts initrd= where the script has it, and
+    // expands the unset ${cmdline} to nothing.
+    let (init_word, rest) = report.cmdline.split_once(' ').unwrap();
+    let size = std::fs::metadata(&img).unwrap().len();
+    assert_eq!(
+        checks,
+        [
+            format!("cmdline {init_word} initrd=initrd {rest}"),
+            format!("store {size}")
+        ],
+        "console:\n{console}"
+    );
 }

@@ -34,7 +34,10 @@ fn options(dir: &Path, params: &[&str]) -> NetbootDirOptions {
 #[test]
 fn directory_script_and_kexec_tree() {
     let dir = tempfile::tempdir().unwrap();
-    let o = options(dir.path(), &["console=ttyS0,115200", "boot.shell_on_fail", "loglevel=4"]);
+    let o = options(
+        dir.path(),
+        &["console=ttyS0,115200", "boot.shell_on_fail", "loglevel=4"],
+    );
     let report = make_netboot_dir(&o).unwrap();
     let out = &o.out_dir;
     let cmdline = format!("init={INIT} console=ttyS0,115200 boot.shell_on_fail loglevel=4");
@@ -54,11 +57,23 @@ fn directory_script_and_kexec_tree() {
 
     let kernel_bytes = std::fs::read(&o.kernel).unwrap();
     assert_eq!(std::fs::read(out.join("bzImage")).unwrap(), kernel_bytes);
-    assert_eq!(std::fs::read(out.join("kexec-tree/bzImage")).unwrap(), kernel_bytes);
+    assert_eq!(
+        std::fs::read(out.join("kexec-tree/bzImage")).unwrap(),
+        kernel_bytes
+    );
     let initrd = std::fs::read(out.join("initrd")).unwrap();
-    assert_eq!(std::fs::read(out.join("kexec-tree/initrd")).unwrap(), initrd);
-    assert_eq!(initrd.len() as u64, report.initrd.as_ref().unwrap().total_len);
-    let mode = std::fs::metadata(out.join("kexec-tree/kexec-boot")).unwrap().permissions().mode();
+    assert_eq!(
+        std::fs::read(out.join("kexec-tree/initrd")).unwrap(),
+        initrd
+    );
+    assert_eq!(
+        initrd.len() as u64,
+        report.initrd.as_ref().unwrap().total_len
+    );
+    let mode = std::fs::metadata(out.join("kexec-tree/kexec-boot"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o755);
 
     // Run kexec-boot from another directory with a recording kexec in PATH.
@@ -67,7 +82,11 @@ fn directory_script_and_kexec_tree() {
     let log = dir.path().join("kexec.log");
     std::fs::write(
         bin.join("kexec"),
-        format!("#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done >> {}\necho --- >> {}\n", log.display(), log.display()),
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done >> {}\necho --- >> {}\n",
+            log.display(),
+            log.display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(bin.join("kexec"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -102,7 +121,8 @@ fn directory_script_and_kexec_tree() {
         .output()
         .unwrap();
     assert_eq!(out2.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out2.stderr).contains("kexec not found: please install kexec-tools"));
+    assert!(String::from_utf8_lossy(&out2.stderr)
+        .contains("kexec not found: please install kexec-tools"));
 }
 
 #[test]
@@ -111,7 +131,10 @@ fn stage2_init_defaults_to_the_config() {
     let mut o = options(dir.path(), &[]);
     o.stage2_init = None;
     let report = make_netboot_dir(&o).unwrap();
-    assert_eq!(report.cmdline, "init=/nix/store/00000000000000000000000000000000-nixos-system/init");
+    assert_eq!(
+        report.cmdline,
+        "init=/nix/store/00000000000000000000000000000000-nixos-system/init"
+    );
 }
 
 #[test]
@@ -122,14 +145,23 @@ fn prebuilt_initrd_is_used_as_is() {
     std::fs::write(&initrd, b"any initrd bytes").unwrap();
     o.initrd = InitrdSource::Prebuilt(initrd);
     make_netboot_dir(&o).unwrap();
-    assert_eq!(std::fs::read(o.out_dir.join("initrd")).unwrap(), b"any initrd bytes");
-    assert_eq!(std::fs::read(o.out_dir.join("kexec-tree/initrd")).unwrap(), b"any initrd bytes");
+    assert_eq!(
+        std::fs::read(o.out_dir.join("initrd")).unwrap(),
+        b"any initrd bytes"
+    );
+    assert_eq!(
+        std::fs::read(o.out_dir.join("kexec-tree/initrd")).unwrap(),
+        b"any initrd bytes"
+    );
 }
 
 fn expect_error(o: &NetbootDirOptions, needle: &str) {
     let err = format!("{:#}", make_netboot_dir(o).unwrap_err());
     assert!(err.contains(needle), "{err:?} should mention {needle:?}");
-    assert!(!o.out_dir.exists(), "{needle}: the output directory was created");
+    assert!(
+        !o.out_dir.exists(),
+        "{needle}: the output directory was created"
+    );
 }
 
 #[test]
@@ -168,7 +200,9 @@ fn bad_input_is_refused_before_anything_is_written() {
 fn cli_netboot_dir() {
     let dir = tempfile::tempdir().unwrap();
     let o = options(dir.path(), &[]);
-    let InitrdSource::Build(b) = &o.initrd else { unreachable!() };
+    let InitrdSource::Build(b) = &o.initrd else {
+        unreachable!()
+    };
     let bin = env!("CARGO_BIN_EXE_initrd-layout");
     let out = Command::new(bin)
         .arg("netboot-dir")
@@ -182,16 +216,38 @@ fn cli_netboot_dir() {
         .arg(&b.modules_tree)
         .arg("--store-image")
         .arg(&b.store_image)
-        .args(["--stage2-init", INIT, "--param", "console=ttyS0", "--param=panic=30", "-o"])
+        .args([
+            "--stage2-init",
+            INIT,
+            "--param",
+            "console=ttyS0",
+            "--param=panic=30",
+            "-o",
+        ])
         .arg(&o.out_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ipxe = std::fs::read_to_string(o.out_dir.join("netboot.ipxe")).unwrap();
-    assert!(ipxe.contains(&format!("kernel bzImage init={INIT} initrd=initrd console=ttyS0 panic=30 ${{cmdline}}\n")));
+    assert!(ipxe.contains(&format!(
+        "kernel bzImage init={INIT} initrd=initrd console=ttyS0 panic=30 ${{cmdline}}\n"
+    )));
 
     let out = Command::new(bin)
-        .args(["netboot-dir", "--initrd", "/dev/null", "--param", "a$b", "--stage2-init", INIT, "--kernel"])
+        .args([
+            "netboot-dir",
+            "--initrd",
+            "/dev/null",
+            "--param",
+            "a$b",
+            "--stage2-init",
+            INIT,
+            "--kernel",
+        ])
         .arg(&o.kernel)
         .arg("-o")
         .arg(dir.path().join("bad"))

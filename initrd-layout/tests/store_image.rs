@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 
 fn nix(root: &Path) -> Command {
     let mut c = Command::new("nix-store");
-    c.arg("--store").arg(format!("local?root={}", root.display()));
+    c.arg("--store")
+        .arg(format!("local?root={}", root.display()));
     c
 }
 
@@ -22,20 +23,38 @@ fn chroot_store(dir: &Path) -> (PathBuf, String, String) {
     std::fs::create_dir_all(src.join("lib/lib")).unwrap();
     std::fs::write(src.join("lib/lib/libx.so"), b"not really a library").unwrap();
     let add = |p: &Path| -> String {
-        String::from_utf8(run(nix(&root).arg("--add").arg(p))).unwrap().trim().to_string()
+        String::from_utf8(run(nix(&root).arg("--add").arg(p)))
+            .unwrap()
+            .trim()
+            .to_string()
     };
     let lib = add(&src.join("lib"));
     std::fs::create_dir_all(src.join("app/bin")).unwrap();
-    std::fs::write(src.join("app/bin/app"), format!("#!/bin/sh\nexec {lib}/lib/libx.so\n")).unwrap();
+    std::fs::write(
+        src.join("app/bin/app"),
+        format!("#!/bin/sh\nexec {lib}/lib/libx.so\n"),
+    )
+    .unwrap();
     let app = add(&src.join("app"));
     let dump = String::from_utf8(run(nix(&root).arg("--dump-db").arg(&app))).unwrap();
     // path, narHash, narSize, deriver, number of references, references...
     let lines: Vec<&str> = dump.lines().collect();
     assert_eq!(lines[0], app);
-    let with_ref = format!("{}\n{}\n{}\n{}\n1\n{lib}\n", lines[0], lines[1], lines[2], lines[3]);
-    let mut load = nix(&root).arg("--load-db").stdin(Stdio::piped()).spawn().unwrap();
+    let with_ref = format!(
+        "{}\n{}\n{}\n{}\n1\n{lib}\n",
+        lines[0], lines[1], lines[2], lines[3]
+    );
+    let mut load = nix(&root)
+        .arg("--load-db")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
     use std::io::Write;
-    load.stdin.take().unwrap().write_all(with_ref.as_bytes()).unwrap();
+    load.stdin
+        .take()
+        .unwrap()
+        .write_all(with_ref.as_bytes())
+        .unwrap();
     assert!(load.wait().unwrap().success());
     (root, lib, app)
 }
@@ -49,7 +68,12 @@ fn round_trip_with_closure_and_registration() {
     let dir = tempfile::tempdir().unwrap();
     let (root, lib, app) = chroot_store(dir.path());
     let out = dir.path().join("nix-store.squashfs");
-    let report = make_store_image(&StoreImageOptions::new(vec![app.clone()], Some(root.clone()), &out)).unwrap();
+    let report = make_store_image(&StoreImageOptions::new(
+        vec![app.clone()],
+        Some(root.clone()),
+        &out,
+    ))
+    .unwrap();
     let mut expect = vec![lib.clone(), app.clone()];
     expect.sort();
     assert_eq!(report.paths, expect, "the closure of app is app and lib");
@@ -61,13 +85,21 @@ fn round_trip_with_closure_and_registration() {
     assert!(sb.contains("compression-level 19"), "{sb}");
 
     let unpacked = dir.path().join("unpacked");
-    run(Command::new("unsquashfs").arg("-no-progress").arg("-d").arg(&unpacked).arg(&out).stdout(Stdio::null()));
+    run(Command::new("unsquashfs")
+        .arg("-no-progress")
+        .arg("-d")
+        .arg(&unpacked)
+        .arg(&out)
+        .stdout(Stdio::null()));
     let mut top: Vec<String> = std::fs::read_dir(&unpacked)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     top.sort();
-    let mut want: Vec<String> = expect.iter().map(|p| p.trim_start_matches("/nix/store/").to_string()).collect();
+    let mut want: Vec<String> = expect
+        .iter()
+        .map(|p| p.trim_start_matches("/nix/store/").to_string())
+        .collect();
     want.push("nix-path-registration".into());
     want.sort();
     assert_eq!(top, want);
@@ -82,17 +114,34 @@ fn round_trip_with_closure_and_registration() {
     assert!(reg.contains(&format!("\n1\n{lib}\n")), "{reg}");
     let fresh = dir.path().join("fresh");
     std::fs::create_dir_all(&fresh).unwrap();
-    let mut load = nix(&fresh).arg("--load-db").stdin(Stdio::piped()).spawn().unwrap();
+    let mut load = nix(&fresh)
+        .arg("--load-db")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
     use std::io::Write;
-    load.stdin.take().unwrap().write_all(reg.as_bytes()).unwrap();
+    load.stdin
+        .take()
+        .unwrap()
+        .write_all(reg.as_bytes())
+        .unwrap();
     assert!(load.wait().unwrap().success());
-    let refs = String::from_utf8(run(nix(&fresh).args(["--query", "--references"]).arg(&app))).unwrap();
+    let refs =
+        String::from_utf8(run(nix(&fresh).args(["--query", "--references"]).arg(&app))).unwrap();
     assert_eq!(refs.trim(), lib);
 
     // The image is owned by root and byte-identical when made again.
     let again = dir.path().join("again.squashfs");
-    make_store_image(&StoreImageOptions::new(vec![app.clone()], Some(root), &again)).unwrap();
-    assert!(std::fs::read(&out).unwrap() == std::fs::read(&again).unwrap(), "store image is not reproducible");
+    make_store_image(&StoreImageOptions::new(
+        vec![app.clone()],
+        Some(root),
+        &again,
+    ))
+    .unwrap();
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&again).unwrap(),
+        "store image is not reproducible"
+    );
 }
 
 #[test]
@@ -109,7 +158,10 @@ fn registration_file_and_compression_are_settable() {
     let report = make_store_image(&o).unwrap();
     assert_eq!(report.paths, vec![lib]);
     assert!(superblock(&out).contains("Compression xz"));
-    let cat = run(Command::new("unsquashfs").arg("-cat").arg(&out).arg("nix-path-registration"));
+    let cat = run(Command::new("unsquashfs")
+        .arg("-cat")
+        .arg(&out)
+        .arg("nix-path-registration"));
     assert_eq!(cat, b"given registration\n");
 }
 
@@ -120,13 +172,26 @@ fn bad_inputs_are_refused_before_writing() {
     let out = dir.path().join("out/img");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let cases: Vec<(StoreImageOptions, &str)> = vec![
-        (StoreImageOptions::new(vec!["/usr/bin".into()], Some(root.clone()), &out), "not a store path"),
         (
-            StoreImageOptions::new(vec!["/nix/store/zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-missing".into()], Some(root.clone()), &out),
+            StoreImageOptions::new(vec!["/usr/bin".into()], Some(root.clone()), &out),
+            "not a store path",
+        ),
+        (
+            StoreImageOptions::new(
+                vec!["/nix/store/zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-missing".into()],
+                Some(root.clone()),
+                &out,
+            ),
             "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-missing",
         ),
-        (StoreImageOptions::new(vec![], Some(root.clone()), &out), "no store paths"),
-        (StoreImageOptions::new(vec![lib.clone()], Some(dir.path().join("nowhere")), &out), "nowhere"),
+        (
+            StoreImageOptions::new(vec![], Some(root.clone()), &out),
+            "no store paths",
+        ),
+        (
+            StoreImageOptions::new(vec![lib.clone()], Some(dir.path().join("nowhere")), &out),
+            "nowhere",
+        ),
         (
             {
                 let mut o = StoreImageOptions::new(vec![lib.clone()], Some(root.clone()), &out);
@@ -139,7 +204,11 @@ fn bad_inputs_are_refused_before_writing() {
     for (o, needle) in cases {
         let err = format!("{:#}", make_store_image(&o).unwrap_err());
         assert!(err.contains(needle), "{err:?} should mention {needle:?}");
-        assert_eq!(std::fs::read_dir(out.parent().unwrap()).unwrap().count(), 0, "{needle}: something was written");
+        assert_eq!(
+            std::fs::read_dir(out.parent().unwrap()).unwrap().count(),
+            0,
+            "{needle}: something was written"
+        );
     }
 }
 
@@ -152,7 +221,12 @@ fn cli_store_image_then_build() {
     let list = dir.path().join("paths");
     std::fs::write(&list, format!("{app}\n")).unwrap();
     let out = Command::new(bin)
-        .args(["store-image", "--comp", "zstd -Xcompression-level 3", "--store-root"])
+        .args([
+            "store-image",
+            "--comp",
+            "zstd -Xcompression-level 3",
+            "--store-root",
+        ])
         .arg(&root)
         .arg("--paths-from")
         .arg(&list)
@@ -160,7 +234,11 @@ fn cli_store_image_then_build() {
         .arg(&img)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 store paths"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mksquashfs of 2 store paths"));
 }

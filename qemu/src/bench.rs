@@ -164,7 +164,13 @@ fn build_options(
     fs::create_dir_all(dir)?;
     let config_path = dir.join("netboot-init.json");
     fs::write(&config_path, serde_json::to_string_pretty(&variant.config)?)?;
-    let mut opts = initrd_layout::BuildOptions::new(init, &config_path, &kernel.modules(), &fx.store_image, output);
+    let mut opts = initrd_layout::BuildOptions::new(
+        init,
+        &config_path,
+        &kernel.modules(),
+        &fx.store_image,
+        output,
+    );
     opts.kernel_release = Some(kernel.release.clone());
     opts.single_archive = variant.single_archive;
     if variant.prebuilt() {
@@ -174,14 +180,24 @@ fn build_options(
 }
 
 /// Builds `variant`'s initrd into `dir/initrd`.
-fn build_variant(fx: &Fixture, kernel: &Kernel, init: &Path, variant: &Variant, dir: &Path) -> Result<PathBuf> {
+fn build_variant(
+    fx: &Fixture,
+    kernel: &Kernel,
+    init: &Path,
+    variant: &Variant,
+    dir: &Path,
+) -> Result<PathBuf> {
     let out = dir.join("initrd");
     let mut init = init.to_path_buf();
     let mut extras = Vec::new();
     if variant.shell {
         let config = netboot_init::config::Config::parse(&serde_json::to_string(&variant.config)?)?;
         let modules = initrd_layout::upstream::needed_modules(&config);
-        let nix_store = config.registration.nix_store.clone().context("the config names no nix-store")?;
+        let nix_store = config
+            .registration
+            .nix_store
+            .clone()
+            .context("the config names no nix-store")?;
         let script = shell::stage1_script(&shell::ScriptInputs {
             config: &config,
             stage2_init: &fx.init(),
@@ -194,7 +210,12 @@ fn build_variant(fx: &Fixture, kernel: &Kernel, init: &Path, variant: &Variant, 
         fs::write(&init, script)?;
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
-        extras = shell::stage_extras(&dir.join("extras"), &kernel.modules(), &kernel.release, &config)?;
+        extras = shell::stage_extras(
+            &dir.join("extras"),
+            &kernel.modules(),
+            &kernel.release,
+            &config,
+        )?;
     }
     let mut opts = build_options(fx, kernel, &init, variant, dir, &out)?;
     opts.extra_files = extras;
@@ -216,7 +237,11 @@ pub fn boot_figures(console: &str) -> BootFigures {
     let out = stage2::parse(console);
     // dmesg holds every kernel message; without it (a boot that never reached stage 2) the
     // console has what `quiet` let through.
-    let events = analyze::kernel_events(if out.dmesg.is_empty() { console } else { &out.dmesg });
+    let events = analyze::kernel_events(if out.dmesg.is_empty() {
+        console
+    } else {
+        &out.dmesg
+    });
     let timeline = out
         .timeline_json
         .as_deref()
@@ -234,13 +259,22 @@ pub fn boot_figures(console: &str) -> BootFigures {
 }
 
 fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim().is_empty()).collect();
+    let all: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     all[all.len().saturating_sub(lines)..].join(" | ")
 }
 
 /// Boots `initrd` once; the console goes to `log`.
 fn boot(kernel: &Kernel, initrd: &Path, append: &str, log: &Path) -> Result<BootFigures> {
-    let mut spec = VmSpec::direct(kernel.image(), initrd.to_path_buf(), append.to_string(), log.to_path_buf());
+    let mut spec = VmSpec::direct(
+        kernel.image(),
+        initrd.to_path_buf(),
+        append.to_string(),
+        log.to_path_buf(),
+    );
     spec.timeout = BOOT_TIMEOUT;
     let outcome = vm::run(&spec, |text, _| {
         if text.lines().any(|l| l.trim_end() == stage2::DONE) || text.contains("Kernel panic") {
@@ -253,7 +287,11 @@ fn boot(kernel: &Kernel, initrd: &Path, append: &str, log: &Path) -> Result<Boot
     if !figures.stage2.done || figures.stage1_ms.is_none() {
         bail!(
             "no complete stage 2 ({}): {}",
-            if outcome.timed_out { "timed out" } else { "stopped" },
+            if outcome.timed_out {
+                "timed out"
+            } else {
+                "stopped"
+            },
             tail(&outcome.console, 4)
         );
     }
@@ -265,16 +303,24 @@ fn record(samples: &mut VariantSamples, f: &BootFigures) {
     samples.unpack_ms.extend(f.unpack_ms);
     if let Some(t) = &f.timeline {
         for p in &t.phases {
-            samples.phase_ms.entry(p.name.clone()).or_default().push(p.duration_us() as f64 / 1000.0);
+            samples
+                .phase_ms
+                .entry(p.name.clone())
+                .or_default()
+                .push(p.duration_us() as f64 / 1000.0);
         }
     }
     if let Some(cpu) = f.stage2.cpu {
         samples.user_ms.push(cpu.user_ms());
-        samples.kernel_and_children_ms.push(cpu.system_ms() + cpu.children_ms());
+        samples
+            .kernel_and_children_ms
+            .push(cpu.system_ms() + cpu.children_ms());
     }
-    if let (Some(dio), Some(growth), Some(over)) =
-        (f.stage2.direct_io(), f.stage2.cache_growth_kib(), f.stage2.overhead_kib())
-    {
+    if let (Some(dio), Some(growth), Some(over)) = (
+        f.stage2.direct_io(),
+        f.stage2.cache_growth_kib(),
+        f.stage2.overhead_kib(),
+    ) {
         samples.memory.push((dio, growth, over));
     }
 }
@@ -292,13 +338,21 @@ fn time_builds(
     let (mut split_bytes, mut single_bytes) = (0, 0);
     for i in 0..builds {
         for one in [false, true] {
-            let v = Variant { single_archive: one, ..main.clone() };
+            let v = Variant {
+                single_archive: one,
+                ..main.clone()
+            };
             let out = dir.join(if one { "initrd-single" } else { "initrd-split" });
             let opts = build_options(fx, kernel, init, &v, dir, &out)?;
             let started = Instant::now();
             let r = initrd_layout::build(&opts)?;
             let ms = started.elapsed().as_secs_f64() * 1000.0;
-            eprintln!("bench: build {} {}/{builds}: {ms:.0} ms, {} bytes", if one { "single" } else { "split" }, i + 1, r.total_len);
+            eprintln!(
+                "bench: build {} {}/{builds}: {ms:.0} ms, {} bytes",
+                if one { "single" } else { "split" },
+                i + 1,
+                r.total_len
+            );
             if one {
                 single.push(ms);
                 single_bytes = r.total_len;
@@ -315,8 +369,12 @@ fn time_builds(
 /// mounts /proc and /dev under the target root while `nix-store` runs).
 fn time_registration(work: &Path, runs: usize) -> Result<(usize, Vec<f64>, Vec<f64>)> {
     use netboot_init::registration::host;
-    let fixture = host::prepare_fixture(work, REGISTRATION_PATHS, Path::new(crate::fixture::NIX_STORE_BIN))
-        .context("preparing the registration closure")?;
+    let fixture = host::prepare_fixture(
+        work,
+        REGISTRATION_PATHS,
+        Path::new(crate::fixture::NIX_STORE_BIN),
+    )
+    .context("preparing the registration closure")?;
     let paths = fixture.registration.len();
     let handle = std::thread::spawn(move || -> Result<(Vec<f64>, Vec<f64>)> {
         // SAFETY: plain syscalls; unshare(CLONE_NEWNS) moves only this thread.
@@ -325,7 +383,14 @@ fn time_registration(work: &Path, runs: usize) -> Result<(usize, Vec<f64>, Vec<f
                 bail!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());
             }
             let root = c"/";
-            if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
                 bail!("making / private: {}", std::io::Error::last_os_error());
             }
         }
@@ -344,7 +409,9 @@ fn time_registration(work: &Path, runs: usize) -> Result<(usize, Vec<f64>, Vec<f
         host::reset_target(&fixture)?;
         Ok((load_db, prebuilt))
     });
-    let (load_db, prebuilt) = handle.join().map_err(|_| anyhow::anyhow!("registration benchmark thread panicked"))??;
+    let (load_db, prebuilt) = handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("registration benchmark thread panicked"))??;
     Ok((paths, load_db, prebuilt))
 }
 
@@ -363,7 +430,11 @@ pub fn run(ws: &Path) -> Result<()> {
 
     let mut m = Measurements {
         kernel_release: kernel.release.clone(),
-        accel: if vm::kvm_requested() { "kvm".into() } else { "tcg".into() },
+        accel: if vm::kvm_requested() {
+            "kvm".into()
+        } else {
+            "tcg".into()
+        },
         fixture_paths: fx.paths,
         image_bytes: fs::metadata(&fx.store_image)?.len(),
         binary_bytes: fs::metadata(&bins.init)?.len(),
@@ -372,8 +443,14 @@ pub fn run(ws: &Path) -> Result<()> {
     };
 
     eprintln!("bench: initrd build time, split layout against one archive ({builds} builds each)");
-    let (split, single, split_bytes, single_bytes) =
-        time_builds(&fx, &kernel, &bins.init, &variants[0], &work.join("build-timing"), builds)?;
+    let (split, single, split_bytes, single_bytes) = time_builds(
+        &fx,
+        &kernel,
+        &bins.init,
+        &variants[0],
+        &work.join("build-timing"),
+        builds,
+    )?;
     m.build_split_ms = split;
     m.build_single_ms = single;
     m.initrd_split_bytes = split_bytes;
@@ -477,7 +554,10 @@ pub fn run(ws: &Path) -> Result<()> {
         out.join("timeline.svg").display()
     );
     if m.init.stage1_ms.is_empty() || m.shell.stage1_ms.is_empty() {
-        bail!("no successful boot of netboot-init or of the shell stage 1 (see {})", boot_logs.display());
+        bail!(
+            "no successful boot of netboot-init or of the shell stage 1 (see {})",
+            boot_logs.display()
+        );
     }
     Ok(())
 }
@@ -544,7 +624,10 @@ bench: done\r
         for v in &vs {
             // Every config is one the init accepts.
             let c = netboot_init::config::Config::parse(&v.config.to_string()).unwrap();
-            assert_eq!(c.registration.toplevel.as_deref(), Some("/nix/store/abc-system"));
+            assert_eq!(
+                c.registration.toplevel.as_deref(),
+                Some("/nix/store/abc-system")
+            );
         }
         assert!(vs[0].prebuilt() && !vs[1].prebuilt() && vs[3].single_archive && vs[4].shell);
         let squashfs = |v: &Variant| v.config["fileSystems"][1]["options"].clone();

@@ -333,6 +333,32 @@ pub fn load_for_boot_with<S: ModuleOps>(
     let outcome = load::load_all(sys, modules_dir, &entries, &lookup, options.parallelism);
     report.loads = outcome.loads;
     report.end_us = crate::timeline::now_us();
+    let mut by_method: Vec<(String, Vec<&str>)> = Vec::new();
+    for l in &report.loads {
+        let method = l.method.to_string();
+        match by_method.iter_mut().find(|(m, _)| *m == method) {
+            Some((_, names)) => names.push(&l.name),
+            None => by_method.push((method, vec![&l.name])),
+        }
+    }
+    for (method, names) in &by_method {
+        log::info!("{method}: {}", names.join(", "));
+    }
+    for l in &report.loads {
+        log::debug!(
+            "module {}: {}{} in {} (decompression {}), worker {}",
+            l.name,
+            l.method,
+            if l.already_loaded {
+                ", already loaded"
+            } else {
+                ""
+            },
+            crate::timeline::ms(l.duration_us()),
+            crate::timeline::ms(l.decompress_us),
+            l.worker
+        );
+    }
     let mut errors = outcome.errors.into_iter();
     if let Some(first) = errors.next() {
         for other in errors {

@@ -29,7 +29,7 @@ fn path() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn parsers_never_panic(text in "\\PC{0,400}", bytes in prop::collection::vec(any::<u8>(), 0..400)) {

@@ -118,6 +118,16 @@ impl LoopFlags {
         b
     }
 
+    /// The part `LOOP_SET_STATUS64` can change (`LOOP_SET_STATUS_SETTABLE_FLAGS`); read-only
+    /// comes from how the backing file is opened, direct I/O from `LOOP_SET_DIRECT_IO`.
+    pub fn settable_by_status(self) -> Self {
+        LoopFlags {
+            read_only: false,
+            direct_io: false,
+            ..self
+        }
+    }
+
     pub fn from_bits(b: u32) -> Self {
         LoopFlags {
             read_only: b & LO_FLAGS_READ_ONLY != 0,

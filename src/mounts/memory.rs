@@ -78,8 +78,8 @@ pub fn cached_bytes(path: &Path) -> std::io::Result<u64> {
     if len == 0 {
         return Ok(0);
     }
-    let len_usize = usize::try_from(len)
-        .map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EFBIG))?;
+    let len_usize =
+        usize::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EFBIG))?;
     let page = 4096usize;
     // SAFETY: a fresh read-only shared mapping of an open file, unmapped below, never read.
     let addr = unsafe {
@@ -110,6 +110,18 @@ pub fn cached_bytes(path: &Path) -> std::io::Result<u64> {
 /// Sum of [`cached_bytes`] over the regular files under `dir`.
 pub fn tree_cached_bytes(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
+    for_each_file(dir, |file| {
+        total += cached_bytes(file)?;
+        Ok(())
+    })?;
+    Ok(total)
+}
+
+/// Calls `f` with every regular file under `dir`; symlinks are not followed.
+fn for_each_file(
+    dir: &Path,
+    mut f: impl FnMut(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d)? {
@@ -118,11 +130,11 @@ pub fn tree_cached_bytes(dir: &Path) -> std::io::Result<u64> {
             if ft.is_dir() {
                 stack.push(entry.path());
             } else if ft.is_file() {
-                total += cached_bytes(&entry.path())?;
+                f(&entry.path())?;
             }
         }
     }
-    Ok(total)
+    Ok(())
 }
 
 /// One measurement.
@@ -176,27 +188,19 @@ impl std::fmt::Display for Figures {
 pub fn read_tree(dir: &Path) -> std::io::Result<(u64, u64)> {
     let mut files = 0;
     let mut bytes = 0;
-    let mut stack = vec![dir.to_path_buf()];
     let mut buf = vec![0u8; 1 << 16];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let ft = entry.file_type()?;
-            if ft.is_dir() {
-                stack.push(entry.path());
-            } else if ft.is_file() {
-                let mut f = std::fs::File::open(entry.path())?;
-                loop {
-                    let n = std::io::Read::read(&mut f, &mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    bytes += n as u64;
-                }
-                files += 1;
+    for_each_file(dir, |path| {
+        let mut f = std::fs::File::open(path)?;
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf)?;
+            if n == 0 {
+                break;
             }
+            bytes += n as u64;
         }
-    }
+        files += 1;
+        Ok(())
+    })?;
     Ok((files, bytes))
 }
 

@@ -384,9 +384,7 @@ pub fn mount_all<S: MountOps>(
             table.skipped
         );
     }
-    let target_root = under_root(Path::new("/"), &config.target_root)
-        .map(|p| PathBuf::from("/").join(p))
-        .context("targetRoot")?;
+    let target_root = under_root(Path::new("/"), &config.target_root).context("targetRoot")?;
     let ctx = Ctx {
         target_root,
         initrd_root,
@@ -405,7 +403,7 @@ pub fn mount_all<S: MountOps>(
                 log::warn!("{what}: {msg}; going on (nofail)");
                 MountOutcome {
                     mount_point: fs.mount_point.clone(),
-                    target: PathBuf::new(),
+                    target: under_root(&ctx.target_root, &fs.mount_point).unwrap_or_default(),
                     fs_type: fs.fs_type.clone(),
                     state: MountState::FailedNofail(msg),
                     loop_device: None,
@@ -542,7 +540,13 @@ fn mount_one<S: MountOps>(
             attached = Some(lo);
             dev
         }
-        (Some(p), false) => p.to_string_lossy().into_owned(),
+        (Some(p), false) => {
+            // A block device holding a squashfs: same checks, minus the size.
+            if squash {
+                superblock = Some(squashfs::check_image(p)?);
+            }
+            p.to_string_lossy().into_owned()
+        }
         (None, _) if device.is_empty() => fs.fs_type.clone(),
         (None, _) => device.to_string(),
     };
@@ -796,12 +800,8 @@ impl MountOps for crate::sys::Real {
         backing: &Path,
         flags: LoopFlags,
     ) -> Result<(), Errno> {
-        let settable = LoopFlags {
-            read_only: false,
-            direct_io: false,
-            ..flags
-        };
-        let info = loopdev::LoopInfo64::new(settable.bits(), &backing_name(backing));
+        let info =
+            loopdev::LoopInfo64::new(flags.settable_by_status().bits(), &backing_name(backing));
         // SAFETY: info is a valid struct loop_info64 for the duration of the call.
         unsafe { loopdev::set_status64(dev.fd(), &info) }.map(drop)
     }
@@ -899,12 +899,10 @@ impl MountOps for crate::sys::Fake {
         _backing: &Path,
         flags: LoopFlags,
     ) -> Result<(), Errno> {
-        let settable = LoopFlags {
-            read_only: false,
-            direct_io: false,
-            ..flags
-        };
-        self.record(format!("loop-set-status {dev} {settable}"))
+        self.record(format!(
+            "loop-set-status {dev} {}",
+            flags.settable_by_status()
+        ))
     }
 
     fn loop_set_direct_io(&self, dev: &FakeLoop, on: bool) -> Result<(), Errno> {
@@ -928,5 +926,7 @@ impl MountOps for crate::sys::Fake {
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

@@ -35,11 +35,9 @@ pub fn build_prebuilt_db(
     let scratch = scratch_dir(out_db_dir)?;
     let result = (|| {
         let store = format!("local?root={}", scratch.display());
-        run(
-            Command::new(nix_store)
-                .args(["--store", &store, "--load-db"])
-                .stdin(fs::File::open(registration_file)?),
-        )
+        run(Command::new(nix_store)
+            .args(["--store", &store, "--load-db"])
+            .stdin(fs::File::open(registration_file)?))
         .context("building the prebuilt database")?;
         let dumped = run(Command::new(nix_store).args(["--store", &store, "--dump-db"]))?;
         let dumped = parse::parse(&String::from_utf8_lossy(&dumped))
@@ -60,10 +58,18 @@ pub fn build_prebuilt_db(
                 continue;
             }
             if name.ends_with("-wal") || name.ends_with("-shm") || name.ends_with("-journal") {
-                bail!("{} left an SQLite journal {name} behind", nix_store.display());
+                bail!(
+                    "{} left an SQLite journal {name} behind",
+                    nix_store.display()
+                );
             }
-            copy_tree(&entry.path(), &out_db_dir.join(&*name))
-                .with_context(|| format!("copying {} to {}", entry.path().display(), out_db_dir.display()))?;
+            copy_tree(&entry.path(), &out_db_dir.join(&*name)).with_context(|| {
+                format!(
+                    "copying {} to {}",
+                    entry.path().display(),
+                    out_db_dir.display()
+                )
+            })?;
         }
         Ok(())
     })();
@@ -85,7 +91,12 @@ pub fn canonical(
             refs.dedup();
             (
                 i.path.clone(),
-                (parse::nar_hash_digest(&i.nar_hash), i.nar_size, i.deriver.clone(), refs),
+                (
+                    parse::nar_hash_digest(&i.nar_hash),
+                    i.nar_size,
+                    i.deriver.clone(),
+                    refs,
+                ),
             )
         })
         .collect()
@@ -159,7 +170,10 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     } else {
         Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{} is not a directory, regular file or symlink", from.display()),
+            format!(
+                "{} is not a directory, regular file or symlink",
+                from.display()
+            ),
         ))
     }
 }
@@ -224,7 +238,9 @@ pub fn package_nix_store(host_nix_store: &Path, store_root: &Path) -> anyhow::Re
         run(&mut patch)?;
         let store = format!("local?root={}", store_root.display());
         let add = |dir: &Path| -> anyhow::Result<String> {
-            let out = run(Command::new(host_nix_store).args(["--store", &store, "--add"]).arg(dir))?;
+            let out = run(Command::new(host_nix_store)
+                .args(["--store", &store, "--add"])
+                .arg(dir))?;
             Ok(String::from_utf8_lossy(&out).trim().to_string())
         };
         let libs = add(&libs_dir)?;
@@ -317,7 +333,10 @@ pub fn prepare_fixture(
         generated.extend(String::from_utf8_lossy(&out).lines().map(str::to_string));
     }
     if generated.len() != n_paths {
-        bail!("nix-store --add made {} paths, not {n_paths}", generated.len());
+        bail!(
+            "nix-store --add made {} paths, not {n_paths}",
+            generated.len()
+        );
     }
     let toplevel = String::from_utf8_lossy(&run(Command::new(host_nix_store)
         .args(["--store", &store, "--add"])
@@ -330,7 +349,11 @@ pub fn prepare_fixture(
     let dumped = run(Command::new(host_nix_store).args(["--store", &store, "--dump-db"]))?;
     let mut registration = parse::parse(&String::from_utf8_lossy(&dumped))
         .context("parsing the source store's --dump-db")?;
-    let index: BTreeMap<String, usize> = generated.iter().enumerate().map(|(i, p)| (p.clone(), i)).collect();
+    let index: BTreeMap<String, usize> = generated
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.clone(), i))
+        .collect();
     for info in &mut registration {
         if let Some(&i) = index.get(&info.path) {
             if i > 0 {
@@ -350,8 +373,11 @@ pub fn prepare_fixture(
     let target_store = under(&target, parse::STORE_DIR);
     fs::create_dir_all(&target_store)?;
     for info in &registration {
-        copy_tree(&under(&source_root, &info.path), &under(&target, &info.path))
-            .with_context(|| format!("copying {} into the target root", info.path))?;
+        copy_tree(
+            &under(&source_root, &info.path),
+            &under(&target, &info.path),
+        )
+        .with_context(|| format!("copying {} into the target root", info.path))?;
     }
     let mut config: Config = serde_json::from_str(r#"{"version":1,"fileSystems":[]}"#)?;
     config.target_root = target.to_string_lossy().into_owned();
@@ -400,4 +426,37 @@ pub fn time_mode<S: RegistrationOps>(
     super::register(sys, &config, &fixture.stage2_init, &fixture.initrd_root)
         .with_context(|| format!("registration mode {mode:?}"))?;
     Ok(started.elapsed())
+}
+
+/// One mode's time in [`bench_modes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModeTiming {
+    pub mode: RegistrationMode,
+    /// The whole `register` call: validation, the database, `/etc/NIXOS`, the profile.
+    pub duration: Duration,
+}
+
+/// The benchmark hook: builds a [`Fixture`] of `n_paths` generated paths in `work_dir` and
+/// times each mode `rounds` times with the real syscalls (load-db chroots and mounts: root
+/// only). Returns the timings in run order, modes interleaved.
+pub fn bench_modes(
+    work_dir: &Path,
+    n_paths: usize,
+    host_nix_store: &Path,
+    rounds: usize,
+) -> anyhow::Result<Vec<ModeTiming>> {
+    let fixture = prepare_fixture(work_dir, n_paths, host_nix_store)?;
+    let mut timings = Vec::new();
+    for _ in 0..rounds {
+        for mode in [
+            RegistrationMode::LoadDb,
+            RegistrationMode::Prebuilt,
+            RegistrationMode::None,
+        ] {
+            let duration = time_mode(&crate::sys::Real, &fixture, mode)?;
+            timings.push(ModeTiming { mode, duration });
+        }
+    }
+    reset_target(&fixture)?;
+    Ok(timings)
 }

@@ -21,7 +21,7 @@ use nix::errno::Errno;
 use parse::PathInfo;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use host::build_prebuilt_db;
 
@@ -40,6 +40,8 @@ pub const NIX_STORE_ENV: &[(&str, &str)] = &[
     ("USER", "root"),
     ("NIX_REMOTE", "local"),
 ];
+/// A hung `nix-store` must not hang the boot; loading 100,000 paths takes well under this.
+pub const LOAD_DB_TIMEOUT: Duration = Duration::from_secs(600);
 /// How much of a failed `nix-store`'s stderr goes into the error message.
 const STDERR_TAIL_LINES: usize = 10;
 
@@ -76,6 +78,8 @@ pub struct ChrootCommand {
     pub env: Vec<(String, String)>,
     /// A file opened before the chroot, as seen from PID 1.
     pub stdin: PathBuf,
+    /// Killed (SIGKILL) when still running after this long.
+    pub timeout: Duration,
 }
 
 impl fmt::Display for ChrootCommand {
@@ -93,6 +97,8 @@ impl fmt::Display for ChrootCommand {
 pub enum Exit {
     Code(i32),
     Signal(i32),
+    /// Killed after running longer than its timeout.
+    TimedOut(Duration),
 }
 
 impl fmt::Display for Exit {
@@ -100,6 +106,7 @@ impl fmt::Display for Exit {
         match self {
             Exit::Code(c) => write!(f, "exit status {c}"),
             Exit::Signal(s) => write!(f, "killed by signal {s}"),
+            Exit::TimedOut(t) => write!(f, "a timeout (killed after {} s)", t.as_secs()),
         }
     }
 }
@@ -149,7 +156,9 @@ pub enum RegistrationError {
         root: PathBuf,
         missing: Vec<String>,
     },
-    #[error("registration file {path}: {referrer} references {reference}, which is not registered")]
+    #[error(
+        "registration file {path}: {referrer} references {reference}, which is not registered"
+    )]
     Dangling {
         path: PathBuf,
         referrer: String,
@@ -313,10 +322,19 @@ pub fn register<S: RegistrationOps>(
         let etc = under(target, "/etc");
         sys.mkdir_all(&etc).map_err(sys_err("mkdir", &etc))?;
         let marker = under(target, NIXOS_MARKER);
-        sys.write_file(&marker, b"").map_err(sys_err("write", &marker))?;
+        sys.write_file(&marker, b"")
+            .map_err(sys_err("write", &marker))?;
         report.nixos_marker = true;
     }
     if let Some(t) = toplevel {
+        // load-db checked this against the registration already.
+        if reg.mode != RegistrationMode::LoadDb
+            && std::fs::symlink_metadata(under(target, &t)).is_err()
+        {
+            let why = format!("the system toplevel {t} is not in the image");
+            log::warn!("registration: {why}");
+            report.warnings.push(why);
+        }
         let link = profile::set_system_profile(sys, target, &t)?;
         report.profile = Some((link, t));
     }
@@ -390,6 +408,7 @@ pub fn load_db_command(target: &Path, nix_store: &Path, registration_file: &Path
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         stdin: registration_file.to_path_buf(),
+        timeout: LOAD_DB_TIMEOUT,
     }
 }
 
@@ -546,20 +565,23 @@ impl RegistrationOps for Real {
                 Ok(())
             });
         }
-        let child = crate::frame::reaper::spawn_owned(&mut cmd).map_err(|e| io_errno(&e))?;
+        let mut child = crate::frame::reaper::spawn_owned(&mut cmd).map_err(|e| io_errno(&e))?;
         let pid = child.id();
-        let output = child.wait_with_output();
+        let result = wait_with_timeout(&mut child, command.timeout);
         crate::frame::reaper::release(pid);
-        let output = output.map_err(|e| io_errno(&e))?;
-        let exit = match (output.status.code(), output.status.signal()) {
-            (Some(c), _) => Exit::Code(c),
-            (None, Some(s)) => Exit::Signal(s),
-            (None, None) => Exit::Code(-1),
+        let (status, stdout, stderr) = result.map_err(|e| io_errno(&e))?;
+        let exit = match status {
+            None => Exit::TimedOut(command.timeout),
+            Some(status) => match (status.code(), status.signal()) {
+                (Some(c), _) => Exit::Code(c),
+                (None, Some(s)) => Exit::Signal(s),
+                (None, None) => Exit::Code(-1),
+            },
         };
         Ok(ProcessOutput {
             exit,
-            stdout: output.stdout,
-            stderr: output.stderr,
+            stdout,
+            stderr,
         })
     }
 
@@ -587,6 +609,43 @@ impl RegistrationOps for Real {
             .map_err(|e| io_errno(&e))?;
         f.write_all(contents).map_err(|e| io_errno(&e))
     }
+}
+
+/// Waits for `child` while threads drain its pipes; `None` if it was killed at the timeout.
+#[allow(clippy::type_complexity)]
+fn wait_with_timeout(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::io::Result<(Option<std::process::ExitStatus>, Vec<u8>, Vec<u8>)> {
+    use std::io::Read;
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(100);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok((status, stdout, stderr))
 }
 
 /// The Fake's `spawn-chrooted` answers with exit status 0 and no output unless a test set a
@@ -618,7 +677,10 @@ impl RegistrationOps for Fake {
         let (exit, stderr) = match self.response(&line) {
             Some(r) => {
                 let (code, stderr) = r.split_once('\n').unwrap_or((r.as_str(), ""));
-                (Exit::Code(code.trim().parse().unwrap_or(1)), stderr.to_string())
+                (
+                    Exit::Code(code.trim().parse().unwrap_or(1)),
+                    stderr.to_string(),
+                )
             }
             None => (Exit::Code(0), String::new()),
         };
@@ -642,7 +704,11 @@ impl RegistrationOps for Fake {
     }
 
     fn write_file(&self, path: &Path, contents: &[u8]) -> Result<(), Errno> {
-        self.record(format!("write {} ({} bytes)", path.display(), contents.len()))
+        self.record(format!(
+            "write {} ({} bytes)",
+            path.display(),
+            contents.len()
+        ))
     }
 }
 

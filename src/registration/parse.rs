@@ -96,23 +96,33 @@ pub fn parse_in(text: &str, store_dir: &str) -> Result<Vec<PathInfo>, ParseError
         if nar_hash_digest(hash).is_none() {
             return Err(line_error(
                 no,
-                format!(
-                    "expected a sha256 NAR hash of {path}, got {}",
-                    show(hash)
-                ),
+                format!("expected a sha256 NAR hash of {path}, got {}", show(hash)),
             ));
         }
         let (no, size) = lines.field("the NAR size of", path)?;
-        let nar_size = decimal(size)
-            .ok_or_else(|| line_error(no, format!("expected the NAR size of {path}, got {}", show(size))))?;
+        let nar_size = decimal(size).ok_or_else(|| {
+            line_error(
+                no,
+                format!("expected the NAR size of {path}, got {}", show(size)),
+            )
+        })?;
         let (no, deriver) = lines.field("the deriver of", path)?;
         let deriver = match deriver {
             "" => None,
-            d => Some(store_path(no, d, store_dir, "a deriver (store path or empty line)")?.to_string()),
+            d => Some(
+                store_path(no, d, store_dir, "a deriver (store path or empty line)")?.to_string(),
+            ),
         };
         let (no, count) = lines.field("the reference count of", path)?;
-        let count = decimal(count)
-            .ok_or_else(|| line_error(no, format!("expected the number of references of {path}, got {}", show(count))))?;
+        let count = decimal(count).ok_or_else(|| {
+            line_error(
+                no,
+                format!(
+                    "expected the number of references of {path}, got {}",
+                    show(count)
+                ),
+            )
+        })?;
         if count > MAX_REFERENCES as u64 {
             return Err(line_error(
                 no,
@@ -122,7 +132,9 @@ pub fn parse_in(text: &str, store_dir: &str) -> Result<Vec<PathInfo>, ParseError
         let mut references = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let (no, reference) = lines.field("a reference of", path)?;
-            references.push(store_path(no, reference, store_dir, "a reference (store path)")?.to_string());
+            references.push(
+                store_path(no, reference, store_dir, "a reference (store path)")?.to_string(),
+            );
         }
         infos.push(PathInfo {
             path: path.to_string(),
@@ -178,14 +190,20 @@ impl<'a> Lines<'a> {
             None => {
                 return Err(line_error(
                     self.no,
-                    format!("{} does not end with a newline (truncated file?)", show(self.rest)),
+                    format!(
+                        "{} does not end with a newline (truncated file?)",
+                        show(self.rest)
+                    ),
                 ))
             }
         };
         if line.len() > MAX_LINE_LEN {
             return Err(line_error(
                 self.no,
-                format!("line is {} bytes, more than the limit of {MAX_LINE_LEN}", line.len()),
+                format!(
+                    "line is {} bytes, more than the limit of {MAX_LINE_LEN}",
+                    line.len()
+                ),
             ));
         }
         self.rest = rest;
@@ -211,13 +229,24 @@ fn decimal(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-fn store_path<'a>(no: usize, s: &'a str, store_dir: &str, what: &str) -> Result<&'a str, ParseError> {
+fn store_path<'a>(
+    no: usize,
+    s: &'a str,
+    store_dir: &str,
+    what: &str,
+) -> Result<&'a str, ParseError> {
     if s.is_empty() {
-        return Err(line_error(no, format!("expected {what}, got an empty line")));
+        return Err(line_error(
+            no,
+            format!("expected {what}, got an empty line"),
+        ));
     }
     match check_store_path(s, store_dir) {
         Ok(()) => Ok(s),
-        Err(why) => Err(line_error(no, format!("expected {what}, got {}: {why}", show(s)))),
+        Err(why) => Err(line_error(
+            no,
+            format!("expected {what}, got {}: {why}", show(s)),
+        )),
     }
 }
 
@@ -331,8 +360,7 @@ pub fn nix_base32_encode(bytes: &[u8]) -> String {
 }
 
 fn base64_decode(s: &str) -> Option<[u8; 32]> {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let bytes = s.as_bytes();
     // 32 bytes: 43 symbols and one '='.
     if bytes.len() != 44 || bytes[43] != b'=' {
@@ -455,39 +483,91 @@ mod tests {
     fn errors_name_the_line() {
         let good = record(D, HEX, "512", "", &[A]);
         let cases: Vec<(String, usize, &str)> = vec![
-            (record("nix/store/x", HEX, "1", "", &[]), 1, "expected a store path"),
-            (record("/nix/store/short-x", HEX, "1", "", &[]), 1, "32-character hash"),
             (
-                record("/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x", HEX, "1", "", &[]),
+                record("nix/store/x", HEX, "1", "", &[]),
+                1,
+                "expected a store path",
+            ),
+            (
+                record("/nix/store/short-x", HEX, "1", "", &[]),
+                1,
+                "32-character hash",
+            ),
+            (
+                record(
+                    "/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x",
+                    HEX,
+                    "1",
+                    "",
+                    &[],
+                ),
                 1,
                 "not Nix base32",
             ),
             (
-                record("/nix/store/dn5phjrc3bg310dk3x7kiq365ws0ilcs-a/b", HEX, "1", "", &[]),
+                record(
+                    "/nix/store/dn5phjrc3bg310dk3x7kiq365ws0ilcs-a/b",
+                    HEX,
+                    "1",
+                    "",
+                    &[],
+                ),
                 1,
                 "not a top-level store path",
             ),
             (
-                record("/nix/store/dn5phjrc3bg310dk3x7kiq365ws0ilcs-a b", HEX, "1", "", &[]),
+                record(
+                    "/nix/store/dn5phjrc3bg310dk3x7kiq365ws0ilcs-a b",
+                    HEX,
+                    "1",
+                    "",
+                    &[],
+                ),
                 1,
                 "name contains ' '",
             ),
             (
-                record("/nix/store/dn5phjrc3bg310dk3x7kiq365ws0ilcs-.x", HEX, "1", "", &[]),
+                record(
+                    "/nix/store/dn5phjrc3bg310dk3x7kiq365ws0ilcs-.x",
+                    HEX,
+                    "1",
+                    "",
+                    &[],
+                ),
                 1,
                 "starts with '.'",
             ),
-            (record(D, "sha256:xyz", "1", "", &[]), 2, "expected a sha256 NAR hash"),
+            (
+                record(D, "sha256:xyz", "1", "", &[]),
+                2,
+                "expected a sha256 NAR hash",
+            ),
             (record(D, HEX, "-1", "", &[]), 3, "expected the NAR size"),
-            (record(D, HEX, "18446744073709551616", "", &[]), 3, "NAR size"),
-            (record(D, HEX, "1", "not-a-path", &[]), 4, "expected a deriver"),
-            (record(D, HEX, "1", "", &[]).replace("\n0\n", "\nx\n"), 5, "number of references"),
+            (
+                record(D, HEX, "18446744073709551616", "", &[]),
+                3,
+                "NAR size",
+            ),
+            (
+                record(D, HEX, "1", "not-a-path", &[]),
+                4,
+                "expected a deriver",
+            ),
+            (
+                record(D, HEX, "1", "", &[]).replace("\n0\n", "\nx\n"),
+                5,
+                "number of references",
+            ),
             (
                 record(D, HEX, "1", "", &[]).replace("\n0\n", "\n100001\n"),
                 5,
                 "more than the limit",
             ),
-            (record(D, HEX, "1", "", &["/nix/store/bad"]), 6, "expected a reference"),
+            (
+                record(D, HEX, "1", "", &["/nix/store/bad"]),
+                6,
+                "expected a reference",
+            ),
             // Fewer references than announced.
             (
                 record(D, HEX, "1", "", &[A]).replace("\n1\n", "\n2\n"),
@@ -495,12 +575,20 @@ mod tests {
                 "unexpected end of file, expected a reference of",
             ),
             (good.clone() + D + "\n", 8, "expected the NAR hash of"),
-            (good.trim_end().to_string(), 6, "does not end with a newline"),
+            (
+                good.trim_end().to_string(),
+                6,
+                "does not end with a newline",
+            ),
             // A blank line between records: Nix rejects it too.
             (good.clone() + "\n" + &good, 7, "got an empty line"),
             (good.clone() + "\n", 7, "got an empty line"),
             (good.replace('\n', "\r\n"), 1, "name contains '\\r'"),
-            (format!("{}\n", "x".repeat(MAX_LINE_LEN + 1)), 1, "more than the limit"),
+            (
+                format!("{}\n", "x".repeat(MAX_LINE_LEN + 1)),
+                1,
+                "more than the limit",
+            ),
         ];
         for (text, line, needle) in cases {
             match parse(&text) {
@@ -540,7 +628,10 @@ mod tests {
         use proptest::prelude::*;
 
         fn store_path() -> impl Strategy<Value = String> {
-            ("[0-9a-df-np-sv-z]{32}", "[a-zA-Z0-9+_?=-][a-zA-Z0-9+._?=-]{0,40}")
+            (
+                "[0-9a-df-np-sv-z]{32}",
+                "[a-zA-Z0-9+_?=-][a-zA-Z0-9+._?=-]{0,40}",
+            )
                 .prop_map(|(h, n)| format!("/nix/store/{h}-{n}"))
         }
 

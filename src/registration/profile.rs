@@ -62,7 +62,9 @@ pub fn set_system_profile<S: RegistrationOps>(
         sys_ops
             .symlink(Path::new(&generation), &tmp)
             .map_err(sys_err("symlink", &tmp))?;
-        sys_ops.rename(&tmp, &link).map_err(sys_err("rename", &link))?;
+        sys_ops
+            .rename(&tmp, &link)
+            .map_err(sys_err("rename", &link))?;
     } else {
         sys_ops
             .symlink(Path::new(&generation), &link)
@@ -81,7 +83,11 @@ fn newest_generation(dir: &Path, name: &str) -> (Option<u64>, Option<String>) {
         .filter_map(Result::ok)
         .filter_map(|e| {
             let file = e.file_name().into_string().ok()?;
-            let n: u64 = file.strip_prefix(&prefix)?.strip_suffix("-link")?.parse().ok()?;
+            let n: u64 = file
+                .strip_prefix(&prefix)?
+                .strip_suffix("-link")?
+                .parse()
+                .ok()?;
             Some((n, e.path()))
         })
         .max_by_key(|(n, _)| *n);
@@ -155,7 +161,10 @@ mod tests {
     #[test]
     fn sha1_vectors() {
         assert_eq!(hex(&sha1(b"")), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
-        assert_eq!(hex(&sha1(b"abc")), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            hex(&sha1(b"abc")),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
         assert_eq!(
             hex(&sha1(&[b'a'; 1000])),
             "291e9a6c66994949b57ba5e650361e98fc36b1ba"

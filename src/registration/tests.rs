@@ -44,11 +44,7 @@ fn infos() -> Vec<PathInfo> {
         deriver: None,
         references: refs.iter().map(|r| r.to_string()).collect(),
     };
-    vec![
-        info(LIB, &[]),
-        info(NIX, &[LIB, NIX]),
-        info(SYSTEM, &[NIX]),
-    ]
+    vec![info(LIB, &[]), info(NIX, &[LIB, NIX]), info(SYSTEM, &[NIX])]
 }
 
 fn env(mode: RegistrationMode) -> Env {
@@ -101,7 +97,9 @@ fn load_db_sequence() {
         format!("mkdir -p {t}/dev"),
         format!("mount proc {t}/proc proc"),
         format!("bind {}/dev {t}/dev", e.i()),
-        format!("spawn-chrooted {t} {NIX_STORE} --load-db <stdin {t}/nix/store/nix-path-registration"),
+        format!(
+            "spawn-chrooted {t} {NIX_STORE} --load-db <stdin {t}/nix/store/nix-path-registration"
+        ),
         format!("umount {t}/dev"),
         format!("umount {t}/proc"),
     ];
@@ -110,13 +108,19 @@ fn load_db_sequence() {
     assert_eq!(report.paths, Some(3));
     assert_eq!(
         report.to_string(),
-        format!("load-db: 3 paths registered, /etc/NIXOS, system profile system-1-link -> {SYSTEM}")
+        format!(
+            "load-db: 3 paths registered, /etc/NIXOS, system profile system-1-link -> {SYSTEM}"
+        )
     );
 }
 
 #[test]
 fn load_db_command_has_a_clean_environment() {
-    let cmd = load_db_command(Path::new("/mnt-root"), Path::new(NIX_STORE), Path::new("/r"));
+    let cmd = load_db_command(
+        Path::new("/mnt-root"),
+        Path::new(NIX_STORE),
+        Path::new("/r"),
+    );
     let keys: Vec<&str> = cmd.env.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["PATH", "HOME", "USER", "NIX_REMOTE"]);
     assert_eq!(cmd.args, ["--load-db"]);
@@ -137,7 +141,9 @@ fn prebuilt_sequence_runs_nothing() {
     want.extend(marker_and_profile(&t));
     assert_eq!(fake.calls(), want);
     assert!(fake.calls_starting_with("spawn").is_empty());
-    assert!(report.to_string().starts_with("prebuilt database installed"));
+    assert!(report
+        .to_string()
+        .starts_with("prebuilt database installed"));
 }
 
 #[test]
@@ -168,11 +174,17 @@ fn non_zero_exit_names_status_and_stderr_tail_and_still_unmounts() {
     let e = env(RegistrationMode::LoadDb);
     let fake = Fake::new();
     let stderr: String = (1..=20).map(|i| format!("line {i}\n")).collect();
-    fake.respond_on("spawn-chrooted", &format!("1\n{stderr}error: database is locked\n"));
+    fake.respond_on(
+        "spawn-chrooted",
+        &format!("1\n{stderr}error: database is locked\n"),
+    );
     let msg = err(&e, &fake);
     assert!(msg.contains(&format!("`{NIX_STORE} --load-db < ")), "{msg}");
     assert!(msg.contains("failed with exit status 1"), "{msg}");
-    assert!(msg.ends_with("line 20 | error: database is locked"), "{msg}");
+    assert!(
+        msg.ends_with("line 20 | error: database is locked"),
+        "{msg}"
+    );
     assert!(!msg.contains("line 11 |"), "only the tail: {msg}");
     assert!(msg.contains("line 12 |"), "{msg}");
     let t = e.t();
@@ -180,7 +192,10 @@ fn non_zero_exit_names_status_and_stderr_tail_and_still_unmounts() {
         fake.calls_starting_with("umount"),
         [format!("umount {t}/dev"), format!("umount {t}/proc")]
     );
-    assert!(fake.calls_starting_with("write").is_empty(), "no marker after a failure");
+    assert!(
+        fake.calls_starting_with("write").is_empty(),
+        "no marker after a failure"
+    );
 }
 
 #[test]
@@ -191,7 +206,10 @@ fn spawn_enoent_is_reported_with_program_and_root() {
     let msg = err(&e, &fake);
     assert_eq!(
         msg,
-        format!("cannot start {NIX_STORE} in {}: ENOENT: No such file or directory", e.t())
+        format!(
+            "cannot start {NIX_STORE} in {}: ENOENT: No such file or directory",
+            e.t()
+        )
     );
     assert_eq!(fake.calls_starting_with("umount").len(), 2);
 }
@@ -202,10 +220,16 @@ fn mount_failure_stops_before_spawning() {
     let fake = Fake::new();
     fake.fail_on("bind", Errno::EACCES);
     let msg = err(&e, &fake);
-    assert!(msg.starts_with(&format!("bind /dev on {}/dev: EACCES", e.t())), "{msg}");
+    assert!(
+        msg.starts_with(&format!("bind /dev on {}/dev: EACCES", e.t())),
+        "{msg}"
+    );
     assert!(fake.calls_starting_with("spawn").is_empty());
     // The proc mount made before is undone.
-    assert_eq!(fake.calls_starting_with("umount"), [format!("umount {}/proc", e.t())]);
+    assert_eq!(
+        fake.calls_starting_with("umount"),
+        [format!("umount {}/proc", e.t())]
+    );
 }
 
 #[test]
@@ -230,7 +254,10 @@ fn malformed_line_is_named() {
     e.write_registration(&parse::write(&infos()).replacen("\n512\n", "\nfive hundred\n", 1));
     let fake = Fake::new();
     let msg = err(&e, &fake);
-    assert!(msg.contains("nix-path-registration: line 3: expected the NAR size of"), "{msg}");
+    assert!(
+        msg.contains("nix-path-registration: line 3: expected the NAR size of"),
+        "{msg}"
+    );
     assert!(fake.calls().is_empty());
 }
 
@@ -240,7 +267,10 @@ fn path_missing_from_image_is_named() {
     fs::remove_dir(under(&e.target, LIB)).unwrap();
     let fake = Fake::new();
     let msg = err(&e, &fake);
-    assert!(msg.contains("names 1 path(s) missing from the image"), "{msg}");
+    assert!(
+        msg.contains("names 1 path(s) missing from the image"),
+        "{msg}"
+    );
     assert!(msg.ends_with(LIB), "{msg}");
     assert!(fake.calls().is_empty());
 }
@@ -264,7 +294,9 @@ fn many_missing_paths_are_summarised() {
 fn dangling_reference_is_named() {
     let e = env(RegistrationMode::LoadDb);
     let mut all = infos();
-    all[2].references.push("/nix/store/1b8m03r63zqhnjf7l5wnldhh7c134ap5-elsewhere".into());
+    all[2]
+        .references
+        .push("/nix/store/1b8m03r63zqhnjf7l5wnldhh7c134ap5-elsewhere".into());
     e.write_registration(&parse::write(&all));
     let msg = err(&e, &Fake::new());
     assert!(
@@ -279,7 +311,10 @@ fn toplevel_must_be_registered_in_load_db_mode() {
     e.write_registration(&parse::write(&infos()[..2]));
     let fake = Fake::new();
     let msg = err(&e, &fake);
-    assert!(msg.contains(&format!("does not register the system toplevel {SYSTEM}")), "{msg}");
+    assert!(
+        msg.contains(&format!("does not register the system toplevel {SYSTEM}")),
+        "{msg}"
+    );
     assert!(fake.calls().is_empty());
 }
 
@@ -300,7 +335,10 @@ fn missing_prebuilt_db() {
     let fake = Fake::new();
     let msg = err(&e, &fake);
     assert!(
-        msg.starts_with(&format!("prebuilt Nix database {}/no-db has no db.sqlite", e.i())),
+        msg.starts_with(&format!(
+            "prebuilt Nix database {}/no-db has no db.sqlite",
+            e.i()
+        )),
         "{msg}"
     );
     assert!(fake.calls().is_empty());
@@ -313,7 +351,10 @@ fn copy_failure_names_the_step() {
     fake.fail_on("copy-tree", Errno::ENOSPC);
     let msg = err(&e, &fake);
     assert!(
-        msg.contains(&format!("copy prebuilt database to {}/nix/var/nix/db: ENOSPC", e.t())),
+        msg.contains(&format!(
+            "copy prebuilt database to {}/nix/var/nix/db: ENOSPC",
+            e.t()
+        )),
         "{msg}"
     );
 }
@@ -321,7 +362,10 @@ fn copy_failure_names_the_step() {
 #[test]
 fn toplevel_from_config_or_init() {
     let mut e = env(RegistrationMode::None);
-    assert_eq!(toplevel(&e.config, &format!("{SYSTEM}/init")), Ok(SYSTEM.to_string()));
+    assert_eq!(
+        toplevel(&e.config, &format!("{SYSTEM}/init")),
+        Ok(SYSTEM.to_string())
+    );
     assert!(toplevel(&e.config, "/bin/sh").is_err());
     assert!(toplevel(&e.config, &format!("{SYSTEM}/sw/bin/sh")).is_err());
     assert!(toplevel(&e.config, "init").is_err());
@@ -338,14 +382,21 @@ fn init_outside_the_store_skips_the_profile_with_a_warning() {
     let report = register(&fake, &e.config, "/bin/sh", &e.initrd).unwrap();
     assert!(fake.calls_starting_with("symlink").is_empty());
     assert_eq!(report.profile, None);
-    assert!(report.to_string().contains("warning: no system profile: cannot derive"), "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("warning: no system profile: cannot derive"),
+        "{report}"
+    );
 }
 
 #[test]
 fn bad_configured_toplevel_is_an_error() {
     let mut e = env(RegistrationMode::None);
     e.config.registration.toplevel = Some("/etc/system".into());
-    assert!(err(&e, &Fake::new()).contains("registration.toplevel \"/etc/system\" is not a store path"));
+    assert!(
+        err(&e, &Fake::new()).contains("registration.toplevel \"/etc/system\" is not a store path")
+    );
 }
 
 #[test]
@@ -360,7 +411,9 @@ fn existing_generation_is_reused_or_superseded() {
     let t = e.t();
     assert_eq!(
         fake.calls_starting_with("symlink system"),
-        [format!("symlink system-2-link {t}/nix/var/nix/profiles/.system-2-link.tmp")]
+        [format!(
+            "symlink system-2-link {t}/nix/var/nix/profiles/.system-2-link.tmp"
+        )]
     );
     assert_eq!(
         fake.calls_starting_with("rename"),
@@ -368,18 +421,32 @@ fn existing_generation_is_reused_or_superseded() {
             "rename {t}/nix/var/nix/profiles/.system-2-link.tmp {t}/nix/var/nix/profiles/system"
         )]
     );
-    assert!(fake
-        .calls()
-        .contains(&format!("symlink {SYSTEM} {t}/nix/var/nix/profiles/system-2-link")));
+    assert!(fake.calls().contains(&format!(
+        "symlink {SYSTEM} {t}/nix/var/nix/profiles/system-2-link"
+    )));
 
     // Pointing at the same toplevel: nix-env reuses the generation.
     fs::remove_file(profiles.join("system-1-link")).unwrap();
     std::os::unix::fs::symlink(SYSTEM, profiles.join("system-1-link")).unwrap();
     let fake = Fake::new();
     let report = e.run(&fake).unwrap();
-    assert_eq!(report.profile, Some(("system-1-link".into(), SYSTEM.into())));
+    assert_eq!(
+        report.profile,
+        Some(("system-1-link".into(), SYSTEM.into()))
+    );
     assert!(!fake
         .calls()
         .iter()
         .any(|c| c.starts_with(&format!("symlink {SYSTEM}"))));
+}
+
+#[test]
+fn toplevel_missing_from_image_is_a_warning_in_prebuilt_mode() {
+    let e = env(RegistrationMode::Prebuilt);
+    fs::remove_dir(under(&e.target, SYSTEM)).unwrap();
+    let report = e.run(&Fake::new()).unwrap();
+    assert_eq!(
+        report.warnings,
+        [format!("the system toplevel {SYSTEM} is not in the image")]
+    );
 }

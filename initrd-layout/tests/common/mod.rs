@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// `(modules tree, kernel image)` of `target/netboot/kernels/<series>`.
@@ -28,7 +31,10 @@ pub fn kernel(series: &str) -> (PathBuf, PathBuf) {
 }
 
 pub fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.stderr(Stdio::piped()).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -69,15 +75,24 @@ pub fn store_image(dir: &Path) -> PathBuf {
     run(Command::new("mksquashfs")
         .arg(&src)
         .arg(&img)
-        .args(["-noappend", "-quiet", "-no-progress", "-all-root", "-comp", "zstd"])
+        .args([
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+            "-all-root",
+            "-comp",
+            "zstd",
+        ])
         .stdout(Stdio::null()));
     img
 }
 
 /// The example config with extra kernel modules.
 pub fn config(dir: &Path, kernel_modules: &[&str]) -> PathBuf {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/netboot.json"))
-        .expect("examples/netboot.json");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/netboot.json"),
+    )
+    .expect("examples/netboot.json");
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["kernelModules"] = serde_json::json!(kernel_modules);
     v["init"] = serde_json::json!("/nix/store/00000000000000000000000000000000-nixos-system/init");

@@ -75,7 +75,12 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 impl Measurements {
     fn all_init_variants(&self) -> Vec<&VariantSamples> {
-        let mut v = vec![&self.init, &self.init_load_db, &self.init_other_dio, &self.init_single];
+        let mut v = vec![
+            &self.init,
+            &self.init_load_db,
+            &self.init_other_dio,
+            &self.init_single,
+        ];
         v.extend(self.init_sequential.iter());
         v
     }
@@ -125,7 +130,10 @@ impl Measurements {
             },
             Target {
                 what: "registration: load-db time / prebuilt time",
-                value: ratio(median(&self.registration_load_db_ms), median(&self.registration_prebuilt_ms)),
+                value: ratio(
+                    median(&self.registration_load_db_ms),
+                    median(&self.registration_prebuilt_ms),
+                ),
                 goal: 20.0,
                 kind: Kind::AtLeast,
                 unit: "x",
@@ -146,7 +154,11 @@ impl Measurements {
             },
             Target {
                 what: "RAM overhead with loop direct I/O, share of the image size",
-                value: self.memory_mb(true).1.map(|o| o.max(0.0) / image_mb * 100.0).filter(|_| image_mb > 0.0),
+                value: self
+                    .memory_mb(true)
+                    .1
+                    .map(|o| o.max(0.0) / image_mb * 100.0)
+                    .filter(|_| image_mb > 0.0),
                 goal: 10.0,
                 kind: Kind::AtMost,
                 unit: "%",
@@ -240,7 +252,9 @@ impl Measurements {
     }
 
     pub fn to_markdown(&self) -> String {
-        let f = |x: Option<f64>, digits: usize| x.map_or("n/a".to_string(), |x| format!("{x:.digits$}"));
+        let f = |x: Option<f64>, digits: usize| {
+            x.map_or("n/a".to_string(), |x| format!("{x:.digits$}"))
+        };
         let ms = |x: Option<f64>| f(x, 1);
         let mut s = String::new();
         s.push_str(&format!(
@@ -260,17 +274,44 @@ impl Measurements {
                 ratio(b, a).map_or("n/a".into(), |r| format!("{r:.1}x"))
             ));
         };
-        row(&mut s, "stage 1, prebuilt registration (baseline: shell stage 1)", self.init.stage1(), self.shell.stage1(), "ms");
-        row(&mut s, "stage 1, load-db registration (baseline: shell stage 1)", self.init_load_db.stage1(), self.shell.stage1(), "ms");
         row(
             &mut s,
-            &format!("registration of {} paths, prebuilt (baseline: load-db), host", self.registration_paths),
+            "stage 1, prebuilt registration (baseline: shell stage 1)",
+            self.init.stage1(),
+            self.shell.stage1(),
+            "ms",
+        );
+        row(
+            &mut s,
+            "stage 1, load-db registration (baseline: shell stage 1)",
+            self.init_load_db.stage1(),
+            self.shell.stage1(),
+            "ms",
+        );
+        row(
+            &mut s,
+            &format!(
+                "registration of {} paths, prebuilt (baseline: load-db), host",
+                self.registration_paths
+            ),
             median(&self.registration_prebuilt_ms),
             median(&self.registration_load_db_ms),
             "ms",
         );
-        row(&mut s, "kernel initrd unpack, split layout (baseline: one archive)", self.unpack_split(), self.init_single.unpack(), "ms");
-        row(&mut s, "initrd build, split layout (baseline: one archive)", median(&self.build_split_ms), median(&self.build_single_ms), "ms");
+        row(
+            &mut s,
+            "kernel initrd unpack, split layout (baseline: one archive)",
+            self.unpack_split(),
+            self.init_single.unpack(),
+            "ms",
+        );
+        row(
+            &mut s,
+            "initrd build, split layout (baseline: one archive)",
+            median(&self.build_split_ms),
+            median(&self.build_single_ms),
+            "ms",
+        );
         s.push_str(&format!(
             "| initrd size, split layout (baseline: one archive, {}) | {:.1} MiB | {:.1} MiB | {} |\n",
             self.compression,
@@ -295,7 +336,9 @@ impl Measurements {
             self.binary_bytes as f64 / 1024.0
         ));
 
-        s.push_str("netboot-init phases (prebuilt registration):\n\n| phase | median ms |\n|---|---:|\n");
+        s.push_str(
+            "netboot-init phases (prebuilt registration):\n\n| phase | median ms |\n|---|---:|\n",
+        );
         for name in self.init.phase_ms.keys() {
             s.push_str(&format!("| {name} | {} |\n", f(self.init.phase(name), 2)));
         }
@@ -318,7 +361,8 @@ impl Measurements {
                 t.kind.sign(),
                 t.goal,
                 t.unit,
-                t.value.map_or("n/a".into(), |v| format!("{v:.2}{}", t.unit)),
+                t.value
+                    .map_or("n/a".into(), |v| format!("{v:.2}{}", t.unit)),
                 t.verdict()
             ));
         }
@@ -385,7 +429,9 @@ impl Target {
         };
         let u = self.unit;
         match (self.met(), self.kind) {
-            (Some(true), Kind::AtLeast) => format!("met ({:.0}% above the goal)", (v / self.goal - 1.0) * 100.0),
+            (Some(true), Kind::AtLeast) => {
+                format!("met ({:.0}% above the goal)", (v / self.goal - 1.0) * 100.0)
+            }
             (Some(true), Kind::AtMost) => "met".into(),
             (_, Kind::AtLeast) if u == "x" => format!(
                 "missed: {v:.2}x, {:.0}% short of {}x",
@@ -394,7 +440,11 @@ impl Target {
             ),
             (_, Kind::AtLeast) => format!("missed by {:.2}{u}", self.goal - v),
             (_, Kind::AtMost) if u == "%" => {
-                format!("missed: {v:.1}%, {:.1} points over {}%", v - self.goal, self.goal)
+                format!(
+                    "missed: {v:.1}%, {:.1} points over {}%",
+                    v - self.goal,
+                    self.goal
+                )
             }
             (_, Kind::AtMost) => format!("missed by {:.2}{u}", v - self.goal),
         }
@@ -417,9 +467,14 @@ mod tests {
 
     fn sample() -> Measurements {
         let mut init = variant("netboot-init", &[50.0, 40.0, 60.0, 45.0, 55.0], &[100.0; 5]);
-        init.phase_ms.insert("mounts".into(), vec![10.0, 12.0, 11.0]);
+        init.phase_ms
+            .insert("mounts".into(), vec![10.0, 12.0, 11.0]);
         init.user_ms = vec![10.0, 0.0, 0.0, 10.0, 0.0];
-        init.memory = vec![(false, 30 * 1024, 3 * 1024), (false, 30 * 1024, 5 * 1024), (false, 31 * 1024, 4 * 1024)];
+        init.memory = vec![
+            (false, 30 * 1024, 3 * 1024),
+            (false, 30 * 1024, 5 * 1024),
+            (false, 31 * 1024, 4 * 1024),
+        ];
         let mut other = variant("netboot-init-direct-io", &[50.0], &[102.0]);
         other.memory = vec![(true, 28 * 1024, 1024)];
         Measurements {
@@ -473,12 +528,30 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let t = |value: f64, goal: f64, kind: Kind, unit: &'static str| Target { what: "x", value: Some(value), goal, kind, unit };
-        assert_eq!(t(22.0, 10.0, Kind::AtLeast, "x").verdict(), "met (120% above the goal)");
-        assert_eq!(t(7.2, 10.0, Kind::AtLeast, "x").verdict(), "missed: 7.20x, 28% short of 10x");
-        assert_eq!(t(7.5, 5.0, Kind::AtMost, "%").verdict(), "missed: 7.5%, 2.5 points over 5%");
+        let t = |value: f64, goal: f64, kind: Kind, unit: &'static str| Target {
+            what: "x",
+            value: Some(value),
+            goal,
+            kind,
+            unit,
+        };
+        assert_eq!(
+            t(22.0, 10.0, Kind::AtLeast, "x").verdict(),
+            "met (120% above the goal)"
+        );
+        assert_eq!(
+            t(7.2, 10.0, Kind::AtLeast, "x").verdict(),
+            "missed: 7.20x, 28% short of 10x"
+        );
+        assert_eq!(
+            t(7.5, 5.0, Kind::AtMost, "%").verdict(),
+            "missed: 7.5%, 2.5 points over 5%"
+        );
         assert_eq!(t(2.5, 5.0, Kind::AtMost, "%").verdict(), "met");
-        let none = Target { value: None, ..t(1.0, 1.0, Kind::AtLeast, "x") };
+        let none = Target {
+            value: None,
+            ..t(1.0, 1.0, Kind::AtLeast, "x")
+        };
         assert_eq!(none.verdict(), "not measured");
         assert_eq!(none.met(), None);
     }

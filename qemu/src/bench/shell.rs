@@ -80,7 +80,11 @@ pub fn mount_commands(config: &Config) -> Result<String> {
         }
         out.push_str(&format!("mkdir -p {mp}\n"));
         if let Some(ov) = &fs.overlay {
-            let lower: Vec<String> = ov.lowerdir.iter().map(|l| under_target(l)).collect::<Result<_>>()?;
+            let lower: Vec<String> = ov
+                .lowerdir
+                .iter()
+                .map(|l| under_target(l))
+                .collect::<Result<_>>()?;
             let mut data = format!("lowerdir={}", lower.join(":"));
             if let (Some(up), Some(work)) = (&ov.upperdir, &ov.workdir) {
                 let (up, work) = (under_target(up)?, under_target(work)?);
@@ -110,7 +114,11 @@ pub fn mount_commands(config: &Config) -> Result<String> {
                 format!(" -o {}", opts.join(","))
             }
         };
-        let without_threads: Vec<String> = opts.iter().filter(|o| !o.starts_with("threads=")).cloned().collect();
+        let without_threads: Vec<String> = opts
+            .iter()
+            .filter(|o| !o.starts_with("threads="))
+            .cloned()
+            .collect();
         if without_threads.len() != opts.len() {
             // Kernels without CONFIG_SQUASHFS_CHOICE_DECOMP_BY_MOUNT refuse threads=.
             out.push_str(&format!(
@@ -119,7 +127,10 @@ pub fn mount_commands(config: &Config) -> Result<String> {
                 o(&without_threads)
             ));
         } else {
-            out.push_str(&format!("mount -t {ty}{} {dev} {mp} || fail \"mount {mp}\"\n", o(&opts)));
+            out.push_str(&format!(
+                "mount -t {ty}{} {dev} {mp} || fail \"mount {mp}\"\n",
+                o(&opts)
+            ));
         }
     }
     Ok(out)
@@ -130,7 +141,9 @@ fn placeholder(text: &str) -> Option<&str> {
     let mut rest = text;
     while let Some(i) = rest.find('@') {
         let after = &rest[i + 1..];
-        let n = after.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(after.len());
+        let n = after
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(after.len());
         if n > 0 && after[n..].starts_with('@') {
             return Some(&after[..n]);
         }
@@ -141,10 +154,20 @@ fn placeholder(text: &str) -> Option<&str> {
 
 /// The stage-1 script for `inputs`.
 pub fn stage1_script(inputs: &ScriptInputs) -> Result<String> {
-    let modules: Vec<String> = inputs.modules.iter().map(|m| plain("module", m)).collect::<Result<_>>()?;
-    let reg_file = plain("registrationFile", &inputs.config.registration.registration_file)?;
+    let modules: Vec<String> = inputs
+        .modules
+        .iter()
+        .map(|m| plain("module", m))
+        .collect::<Result<_>>()?;
+    let reg_file = plain(
+        "registrationFile",
+        &inputs.config.registration.registration_file,
+    )?;
     let mut s = TEMPLATE
-        .replace("@targetRoot@", &plain("targetRoot", &inputs.config.target_root)?)
+        .replace(
+            "@targetRoot@",
+            &plain("targetRoot", &inputs.config.target_root)?,
+        )
         .replace("@stage2Init@", &plain("stage-2 init", inputs.stage2_init)?)
         .replace("@kernelModules@", &modules.join(" "))
         .replace("@mountCommands@", mount_commands(inputs.config)?.trim_end())
@@ -163,7 +186,12 @@ pub fn stage1_script(inputs: &ScriptInputs) -> Result<String> {
 /// Stages everything the shell stage 1 needs besides the script into `work` and returns the
 /// extra files for initrd-layout: busybox with its applet links in /bin, kmod as
 /// /sbin/modprobe with its libraries, and depmod's binary indices for the shipped modules.
-pub fn stage_extras(work: &Path, modules_tree: &Path, release: &str, config: &Config) -> Result<Vec<ExtraFile>> {
+pub fn stage_extras(
+    work: &Path,
+    modules_tree: &Path,
+    release: &str,
+    config: &Config,
+) -> Result<Vec<ExtraFile>> {
     crate::fixture::remove_tree(work)?;
     fs::create_dir_all(work)?;
     let mut extras = Vec::new();
@@ -177,7 +205,10 @@ pub fn stage_extras(work: &Path, modules_tree: &Path, release: &str, config: &Co
         }
         std::os::unix::fs::symlink("busybox", bin.join(a))?;
     }
-    extras.push(ExtraFile { source: bin, dest: "/bin".into() });
+    extras.push(ExtraFile {
+        source: bin,
+        dest: "/bin".into(),
+    });
 
     let (libs, interp) = libraries(&[KMOD_BIN])?;
     let libdir = work.join("kmod-libs");
@@ -186,12 +217,22 @@ pub fn stage_extras(work: &Path, modules_tree: &Path, release: &str, config: &Co
         let dst = libdir.join(soname);
         copy_exe(src, &dst)?;
         if !soname.starts_with("libc.so") {
-            run(Command::new("patchelf").arg("--set-rpath").arg(KMOD_LIB_DIR).arg(&dst))?;
+            run(Command::new("patchelf")
+                .arg("--set-rpath")
+                .arg(KMOD_LIB_DIR)
+                .arg(&dst))?;
         }
     }
-    let interp_name = interp.file_name().context("interpreter name")?.to_string_lossy().into_owned();
+    let interp_name = interp
+        .file_name()
+        .context("interpreter name")?
+        .to_string_lossy()
+        .into_owned();
     copy_exe(&interp, &libdir.join(&interp_name))?;
-    extras.push(ExtraFile { source: libdir, dest: KMOD_LIB_DIR.into() });
+    extras.push(ExtraFile {
+        source: libdir,
+        dest: KMOD_LIB_DIR.into(),
+    });
     let sbin = work.join("sbin");
     copy_exe(Path::new(KMOD_BIN), &sbin.join("kmod"))?;
     run(Command::new("patchelf")
@@ -201,7 +242,10 @@ pub fn stage_extras(work: &Path, modules_tree: &Path, release: &str, config: &Co
         .arg(KMOD_LIB_DIR)
         .arg(sbin.join("kmod")))?;
     std::os::unix::fs::symlink("kmod", sbin.join("modprobe"))?;
-    extras.push(ExtraFile { source: sbin, dest: "/sbin".into() });
+    extras.push(ExtraFile {
+        source: sbin,
+        dest: "/sbin".into(),
+    });
 
     // depmod over the decompressed closure, as initrd-layout ships it.
     let root = work.join("modroot");
@@ -209,13 +253,18 @@ pub fn stage_extras(work: &Path, modules_tree: &Path, release: &str, config: &Co
     let names = initrd_layout::upstream::needed_modules(config);
     for m in initrd_layout::upstream::module_closure(modules_tree, &names)? {
         let rel = m.path.to_string_lossy().into_owned();
-        let data = fs::read(modules_tree.join(&m.path)).with_context(|| format!("reading module {rel}"))?;
+        let data = fs::read(modules_tree.join(&m.path))
+            .with_context(|| format!("reading module {rel}"))?;
         let (rel, data) = initrd_layout::build::decompress_module(&rel, data)?;
         let dst = tree.join(&rel);
         fs::create_dir_all(dst.parent().context("module path")?)?;
         fs::write(&dst, data)?;
     }
-    for f in ["modules.builtin", "modules.builtin.modinfo", "modules.order"] {
+    for f in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
         if modules_tree.join(f).is_file() {
             fs::copy(modules_tree.join(f), tree.join(f))?;
         }
@@ -232,8 +281,15 @@ pub fn stage_extras(work: &Path, modules_tree: &Path, release: &str, config: &Co
         bail!("depmod made no modules.dep.bin in {}", tree.display());
     }
     for p in bins {
-        let name = p.file_name().context("index name")?.to_string_lossy().into_owned();
-        extras.push(ExtraFile { source: p, dest: format!("{dest_dir}/{name}") });
+        let name = p
+            .file_name()
+            .context("index name")?
+            .to_string_lossy()
+            .into_owned();
+        extras.push(ExtraFile {
+            source: p,
+            dest: format!("{dest_dir}/{name}"),
+        });
     }
     Ok(extras)
 }
@@ -289,13 +345,21 @@ mount -t overlay -o lowerdir=$targetRoot/nix/.ro-store,upperdir=$targetRoot/nix/
         assert!(s.contains(
             "chroot $targetRoot /nix/store/def-nix/bin/nix-store --load-db < $targetRoot/nix/store/nix-path-registration"
         ));
-        assert!(s.contains("ln -sfn /nix/store/abc-system $targetRoot/nix/var/nix/profiles/system-1-link"));
+        assert!(s.contains(
+            "ln -sfn /nix/store/abc-system $targetRoot/nix/var/nix/profiles/system-1-link"
+        ));
         assert!(s.contains("exec env -i /bin/switch_root $targetRoot $stage2Init \"$@\""));
         assert_eq!(placeholder(&s), None);
         assert_eq!(placeholder("a $@ @x@"), Some("x"));
 
-        let bad = ScriptInputs { toplevel: "/nix/store/x; rm -rf /", ..inputs.clone() };
-        assert!(stage1_script(&bad).unwrap_err().to_string().contains("unquoted"));
+        let bad = ScriptInputs {
+            toplevel: "/nix/store/x; rm -rf /",
+            ..inputs.clone()
+        };
+        assert!(stage1_script(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("unquoted"));
     }
 
     /// The script is valid for a real shell (syntax only).
@@ -313,7 +377,11 @@ mount -t overlay -o lowerdir=$targetRoot/nix/.ro-store,upperdir=$targetRoot/nix/
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("init");
         fs::write(&p, stage1_script(&inputs).unwrap()).unwrap();
-        let st = Command::new(BUSYBOX_BIN).args(["sh", "-n"]).arg(&p).status().unwrap();
+        let st = Command::new(BUSYBOX_BIN)
+            .args(["sh", "-n"])
+            .arg(&p)
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 }

@@ -200,12 +200,21 @@ mod tests {
     #[test]
     fn script_is_kernel_safe() {
         let args = init_args("/nix/store/abc-busybox");
-        let script = args.strip_prefix("-c \"").unwrap().strip_suffix('"').unwrap();
+        let script = args
+            .strip_prefix("-c \"")
+            .unwrap()
+            .strip_suffix('"')
+            .unwrap();
         assert!(!script.contains('"') && !script.contains('='), "{script}");
-        assert!(script.starts_with("for b in /nix/store/abc-busybox/bin; do echo '<6>stage2-probe: started'"));
+        assert!(script.starts_with(
+            "for b in /nix/store/abc-busybox/bin; do echo '<6>stage2-probe: started'"
+        ));
         assert!(script.ends_with("$b/poweroff -f; done"));
         // The kernel splits its command line with these rules too: one word after `-c`.
-        let cmdline = format!("console=ttyS0 init={} -- {args}", init_path("/nix/store/abc-busybox"));
+        let cmdline = format!(
+            "console=ttyS0 init={} -- {args}",
+            init_path("/nix/store/abc-busybox")
+        );
         let words = netboot_init::cmdline::split(&cmdline);
         let dashes = words.iter().position(|w| w == "--").unwrap();
         assert_eq!(words[dashes + 1..], ["-c".to_string(), script.to_string()]);
@@ -214,15 +223,24 @@ mod tests {
 
     #[test]
     fn proc_stat() {
-        let text = "1 (sh (x) y) S 0 1 1 0 -1 4194560 713 4242 0 3 17 25 31 44 20 0 1 0 12 2195456 85";
+        let text =
+            "1 (sh (x) y) S 0 1 1 0 -1 4194560 713 4242 0 3 17 25 31 44 20 0 1 0 12 2195456 85";
         assert_eq!(
             parse_proc_stat(text),
-            Some(CpuTicks { utime: 17, stime: 25, cutime: 31, cstime: 44 })
+            Some(CpuTicks {
+                utime: 17,
+                stime: 25,
+                cutime: 31,
+                cstime: 44
+            })
         );
         assert_eq!(parse_proc_stat("1 (sh) S 0"), None);
         assert_eq!(parse_proc_stat(""), None);
         let t = parse_proc_stat(text).unwrap();
-        assert_eq!((t.user_ms(), t.system_ms(), t.children_ms()), (170.0, 250.0, 750.0));
+        assert_eq!(
+            (t.user_ms(), t.system_ms(), t.children_ms()),
+            (170.0, 250.0, 750.0)
+        );
     }
 
     #[test]
