@@ -106,7 +106,11 @@ fn nix_env_profile(root: &Path, toplevel: &str) -> Vec<(String, String)> {
         "nix-env --set: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dir = profile.parent().unwrap();
+    profile_links(profile.parent().unwrap())
+}
+
+/// The symlinks in `dir`, by name, with their targets.
+fn profile_links(dir: &Path) -> Vec<(String, String)> {
     let mut links: Vec<(String, String)> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| {
@@ -178,22 +182,7 @@ fn profile_matches_what_nix_env_makes() {
     let toplevel = f.stage2_init.trim_end_matches("/init").to_string();
     f.config.registration.mode = RegistrationMode::Prebuilt;
     register(&Real, &f.config, &f.stage2_init, &f.initrd_root).unwrap_or_else(|e| panic!("{e:#}"));
-    let ours = {
-        let dir = under(&f.target_root(), "/nix/var/nix/profiles");
-        let mut links: Vec<(String, String)> = std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| {
-                let e = e.unwrap();
-                let t = std::fs::read_link(e.path()).ok()?;
-                Some((
-                    e.file_name().to_string_lossy().into_owned(),
-                    t.to_string_lossy().into_owned(),
-                ))
-            })
-            .collect();
-        links.sort();
-        links
-    };
+    let ours = profile_links(&under(&f.target_root(), "/nix/var/nix/profiles"));
     // The real nix-env on the source store (which holds the same paths).
     let theirs = nix_env_profile(&f.source_root, &toplevel);
     assert_eq!(ours, theirs);

@@ -479,43 +479,25 @@ fn error_missing_shell() {
 #[test]
 fn cli_builds_and_reports_errors() {
     let f = fixture("6.12", &[]);
-    let bin = env!("CARGO_BIN_EXE_initrd-layout");
     let o = &f.opts;
-    let out = Command::new(bin)
-        .arg("build")
-        .arg("--init")
-        .arg(&o.init)
-        .arg("--config")
-        .arg(&o.config)
-        .arg("--modules")
-        .arg(&o.modules_tree)
-        .arg("--store-image")
-        .arg(&o.store_image)
-        .args(["--compress", "xz:3", "-o"])
-        .arg(&o.output)
-        .env("SOURCE_DATE_EPOCH", "1000")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut args = words(&["build"]);
+    args.extend(build_args(o));
+    args.extend(words(&["--compress", "xz:3", "-o"]));
+    args.push(o.output.clone().into());
+    let (stdout, _) = cli_ok(&cli(&args, &[("SOURCE_DATE_EPOCH", "1000")]));
     assert!(stdout.contains("store image archive at offset"), "{stdout}");
     assert_eq!(&std::fs::read(&o.output).unwrap()[..6], b"\xfd7zXZ\0");
 
-    let out = Command::new(bin)
-        .args(["build", "--compress", "zstd:22", "-o", "x"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("zstd level 22"));
-
-    let out = Command::new(bin)
-        .args(["build", "-o", "x"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--init is required"));
+    cli_err(
+        &cli(&words(&["build", "--compress", "zstd:22", "-o", "x"]), &[]),
+        "zstd level 22",
+    );
+    cli_err(
+        &cli(&words(&["build", "-o", "x"]), &[]),
+        "--init is required",
+    );
+    cli_err(
+        &cli(&words(&["frobnicate", "-o", "x"]), &[]),
+        "unknown command",
+    );
 }

@@ -9,6 +9,31 @@ use initrd_layout::build::{build, BuildOptions};
 use initrd_layout::Compression;
 use std::process::Command;
 
+/// Runs QEMU (TCG) with `args` and returns the `CHECK ...` lines the guest printed, plus the
+/// whole console for failure messages.
+fn qemu_checks(args: &[String]) -> (Vec<String>, String) {
+    let out = Command::new("timeout")
+        .args([
+            "300",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(args)
+        .output()
+        .expect("qemu-system-x86_64");
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let checks = console
+        .lines()
+        .filter_map(|l| l.find("CHECK ").map(|i| l[i + 6..].trim_end().to_string()))
+        .collect();
+    (checks, console)
+}
+
 fn boot_and_check(series: &str, compression: Compression) {
     let dir = tempfile::tempdir().unwrap();
     let (tree, kernel_image) = kernel(series);
@@ -66,29 +91,14 @@ fn boot_and_check(series: &str, compression: Compression) {
     let report = build(&opts).unwrap();
     assert!(report.store_archive_offset.is_some());
 
-    let out = Command::new("timeout")
-        .args([
-            "300",
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-m",
-            "512",
-            "-nographic",
-            "-no-reboot",
-            "-kernel",
-        ])
-        .arg(&kernel_image)
-        .arg("-initrd")
-        .arg(&report.output)
-        .args(["-append", "console=ttyS0 panic=-1 loglevel=4"])
-        .output()
-        .expect("qemu-system-x86_64");
-    let console = String::from_utf8_lossy(&out.stdout);
-    let checks: Vec<&str> = console
-        .lines()
-        .filter_map(|l| l.find("CHECK ").map(|i| l[i + 6..].trim_end()))
-        .collect();
+    let (checks, console) = qemu_checks(&[
+        "-kernel".into(),
+        kernel_image.display().to_string(),
+        "-initrd".into(),
+        report.output.display().to_string(),
+        "-append".into(),
+        "console=ttyS0 panic=-1 loglevel=4".into(),
+    ]);
     let expect_insmods: Vec<String> = plan
         .modules
         .iter()
@@ -153,32 +163,17 @@ fn ipxe_runs_the_generated_script() {
         out_dir: dir.path().join("netboot"),
     };
     let report = make_netboot_dir(&o).unwrap();
-    let out = Command::new("timeout")
-        .args([
-            "300",
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-m",
-            "512",
-            "-nographic",
-            "-no-reboot",
-            "-boot",
-            "n",
-        ])
-        .arg("-netdev")
-        .arg(format!(
+    let (checks, console) = qemu_checks(&[
+        "-boot".into(),
+        "n".into(),
+        "-netdev".into(),
+        format!(
             "user,id=n0,tftp={},bootfile=netboot.ipxe",
             o.out_dir.display()
-        ))
-        .args(["-device", "e1000,netdev=n0"])
-        .output()
-        .expect("qemu-system-x86_64");
-    let console = String::from_utf8_lossy(&out.stdout);
-    let checks: Vec<&str> = console
-        .lines()
-        .filter_map(|l| l.find("CHECK ").map(|i| l[i + 6..].trim_end()))
-        .collect();
+        ),
+        "-device".into(),
+        "e1000,netdev=n0".into(),
+    ]);
     // iPXE joins the words with single spaces, puts initrd= where the script has it, and
     // expands the unset ${cmdline} to nothing.
     let (init_word, rest) = report.cmdline.split_once(' ').unwrap();

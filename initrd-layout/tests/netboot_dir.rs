@@ -203,57 +203,37 @@ fn cli_netboot_dir() {
     let InitrdSource::Build(b) = &o.initrd else {
         unreachable!()
     };
-    let bin = env!("CARGO_BIN_EXE_initrd-layout");
-    let out = Command::new(bin)
-        .arg("netboot-dir")
-        .arg("--kernel")
-        .arg(&o.kernel)
-        .arg("--init")
-        .arg(&b.init)
-        .arg("--config")
-        .arg(&b.config)
-        .arg("--modules")
-        .arg(&b.modules_tree)
-        .arg("--store-image")
-        .arg(&b.store_image)
-        .args([
-            "--stage2-init",
-            INIT,
-            "--param",
-            "console=ttyS0",
-            "--param=panic=30",
-            "-o",
-        ])
-        .arg(&o.out_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args = words(&["netboot-dir", "--kernel"]);
+    args.push(o.kernel.clone().into());
+    args.extend(build_args(b));
+    args.extend(words(&[
+        "--stage2-init",
+        INIT,
+        "--param",
+        "console=ttyS0",
+        "--param=panic=30",
+        "-o",
+    ]));
+    args.push(o.out_dir.clone().into());
+    cli_ok(&cli(&args, &[]));
     let ipxe = std::fs::read_to_string(o.out_dir.join("netboot.ipxe")).unwrap();
     assert!(ipxe.contains(&format!(
         "kernel bzImage init={INIT} initrd=initrd console=ttyS0 panic=30 ${{cmdline}}\n"
     )));
 
-    let out = Command::new(bin)
-        .args([
-            "netboot-dir",
-            "--initrd",
-            "/dev/null",
-            "--param",
-            "a$b",
-            "--stage2-init",
-            INIT,
-            "--kernel",
-        ])
-        .arg(&o.kernel)
-        .arg("-o")
-        .arg(dir.path().join("bad"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("iPXE expands"));
+    let mut args = words(&[
+        "netboot-dir",
+        "--initrd",
+        "/dev/null",
+        "--param",
+        "a$b",
+        "--stage2-init",
+        INIT,
+        "--kernel",
+    ]);
+    args.push(o.kernel.clone().into());
+    args.push("-o".into());
+    args.push(dir.path().join("bad").into());
+    cli_err(&cli(&args, &[]), "iPXE expands");
     assert!(!dir.path().join("bad").exists());
 }

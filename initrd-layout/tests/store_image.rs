@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::run;
+use common::{run, words};
 use initrd_layout::store_image::{make_store_image, StoreImageOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,6 +12,10 @@ fn nix(root: &Path) -> Command {
     c.arg("--store")
         .arg(format!("local?root={}", root.display()));
     c
+}
+
+fn load_db(root: &Path, registration: &str) {
+    common::run_stdin(nix(root).arg("--load-db"), registration.as_bytes());
 }
 
 /// A chroot store with `lib` and `app`, where `app` refers to `lib` (registered through
@@ -44,18 +48,7 @@ fn chroot_store(dir: &Path) -> (PathBuf, String, String) {
         "{}\n{}\n{}\n{}\n1\n{lib}\n",
         lines[0], lines[1], lines[2], lines[3]
     );
-    let mut load = nix(&root)
-        .arg("--load-db")
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    load.stdin
-        .take()
-        .unwrap()
-        .write_all(with_ref.as_bytes())
-        .unwrap();
-    assert!(load.wait().unwrap().success());
+    load_db(&root, &with_ref);
     (root, lib, app)
 }
 
@@ -114,18 +107,7 @@ fn round_trip_with_closure_and_registration() {
     assert!(reg.contains(&format!("\n1\n{lib}\n")), "{reg}");
     let fresh = dir.path().join("fresh");
     std::fs::create_dir_all(&fresh).unwrap();
-    let mut load = nix(&fresh)
-        .arg("--load-db")
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    load.stdin
-        .take()
-        .unwrap()
-        .write_all(reg.as_bytes())
-        .unwrap();
-    assert!(load.wait().unwrap().success());
+    load_db(&fresh, &reg);
     let refs =
         String::from_utf8(run(nix(&fresh).args(["--query", "--references"]).arg(&app))).unwrap();
     assert_eq!(refs.trim(), lib);
@@ -216,29 +198,23 @@ fn bad_inputs_are_refused_before_writing() {
 fn cli_store_image_then_build() {
     let dir = tempfile::tempdir().unwrap();
     let (root, _lib, app) = chroot_store(dir.path());
-    let bin = env!("CARGO_BIN_EXE_initrd-layout");
     let img = dir.path().join("nix-store.squashfs");
     let list = dir.path().join("paths");
     std::fs::write(&list, format!("{app}\n")).unwrap();
-    let out = Command::new(bin)
-        .args([
-            "store-image",
-            "--comp",
-            "zstd -Xcompression-level 3",
-            "--store-root",
-        ])
-        .arg(&root)
-        .arg("--paths-from")
-        .arg(&list)
-        .arg("-o")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("2 store paths"));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("mksquashfs of 2 store paths"));
+    let mut args = words(&[
+        "store-image",
+        "--comp",
+        "zstd -Xcompression-level 3",
+        "--store-root",
+    ]);
+    args.extend([
+        root.into(),
+        "--paths-from".into(),
+        list.into(),
+        "-o".into(),
+        img.into(),
+    ]);
+    let (stdout, stderr) = common::cli_ok(&common::cli(&args, &[]));
+    assert!(stdout.contains("2 store paths"), "{stdout}");
+    assert!(stderr.contains("mksquashfs of 2 store paths"), "{stderr}");
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Bumped when the fixture's recipe changes.
-const RECIPE: u32 = 3;
+const RECIPE: u32 = 4;
 const FILLER_PATHS: usize = 320;
 
 pub const NIX_STORE_BIN: &str = "/usr/bin/nix-store";
@@ -202,7 +202,7 @@ fn build(dir: &Path, probe: &Path) -> Result<Fixture> {
         fs::create_dir_all(d.join("share"))?;
         let files = 1 + i % 4;
         for j in 0..files {
-            let len = 4096 + ((i * 7919 + j * 104729) % 160_000);
+            let len = 2048 + ((i * 7919 + j * 104_729) % 56_000);
             fs::write(d.join("share").join(format!("data-{j}")), filler((i * 16 + j) as u64, len))?;
         }
         fill_dirs.push(d);

@@ -123,12 +123,7 @@ fn run(command: &mut Command) -> anyhow::Result<Vec<u8>> {
         .output()
         .with_context(|| format!("cannot run {shown}"))?;
     if !output.status.success() {
-        use std::os::unix::process::ExitStatusExt;
-        let exit = match (output.status.code(), output.status.signal()) {
-            (Some(c), _) => Exit::Code(c),
-            (_, Some(s)) => Exit::Signal(s),
-            _ => Exit::Code(-1),
-        };
+        let exit = Exit::from(output.status);
         bail!(
             "{shown} failed with {exit}: {}",
             super::tail(&output.stderr, 10)

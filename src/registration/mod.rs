@@ -101,6 +101,17 @@ pub enum Exit {
     TimedOut(Duration),
 }
 
+impl From<std::process::ExitStatus> for Exit {
+    fn from(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(s)) => Exit::Signal(s),
+            (None, None) => Exit::Code(-1),
+        }
+    }
+}
+
 impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -546,7 +557,7 @@ impl RegistrationOps for Real {
     }
 
     fn spawn_chrooted(&self, command: &ChrootCommand) -> Result<ProcessOutput, Errno> {
-        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        use std::os::unix::process::CommandExt;
         use std::process::{Command, Stdio};
         let stdin = std::fs::File::open(&command.stdin).map_err(|e| io_errno(&e))?;
         let root = command.root.clone();
@@ -572,11 +583,7 @@ impl RegistrationOps for Real {
         let (status, stdout, stderr) = result.map_err(|e| io_errno(&e))?;
         let exit = match status {
             None => Exit::TimedOut(command.timeout),
-            Some(status) => match (status.code(), status.signal()) {
-                (Some(c), _) => Exit::Code(c),
-                (None, Some(s)) => Exit::Signal(s),
-                (None, None) => Exit::Code(-1),
-            },
+            Some(status) => Exit::from(status),
         };
         Ok(ProcessOutput {
             exit,

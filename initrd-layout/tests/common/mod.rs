@@ -165,3 +165,50 @@ pub fn decompress(tool: &str, data: &[u8]) -> Vec<u8> {
         t => run_stdin(Command::new(t).args(["-d", "-c"]), data),
     }
 }
+
+/// Runs the `initrd-layout` binary.
+pub fn cli(args: &[std::ffi::OsString], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_initrd-layout"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// `(stdout, stderr)` of a run that must have succeeded.
+pub fn cli_ok(out: &std::process::Output) -> (String, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "initrd-layout failed: {stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+/// A run that must have failed with exit status 1 and a message containing `needle`.
+pub fn cli_err(out: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{stderr:?} should mention {needle:?}"
+    );
+}
+
+/// The build inputs of `opts` as command-line options.
+pub fn build_args(o: &initrd_layout::BuildOptions) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = Vec::new();
+    for (flag, path) in [
+        ("--init", &o.init),
+        ("--config", &o.config),
+        ("--modules", &o.modules_tree),
+        ("--store-image", &o.store_image),
+    ] {
+        v.push(flag.into());
+        v.push(path.into());
+    }
+    v
+}
+
+/// Turns string literals into command-line arguments.
+pub fn words(w: &[&str]) -> Vec<std::ffi::OsString> {
+    w.iter().map(Into::into).collect()
+}
