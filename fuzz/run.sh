@@ -5,7 +5,7 @@
 #
 # RUNS defaults to 10000000 executions per target; without TARGETs every target in
 # fuzz/Cargo.toml runs, one after the other. Prints the executions and time per target and
-# exits non-zero if any target found a crash, a panic, a leak of memory or a hang
+# exits non-zero if a target fails to build or finds a panic, a hang or a memory blow-up
 # (the input is kept in fuzz/artifacts/TARGET/).
 #
 # Works on the stable toolchain: RUSTC_BOOTSTRAP=1 lets it take the unstable flags cargo-fuzz
@@ -15,6 +15,7 @@
 #                   `none` runs several times faster)
 #   FUZZ_TIMEOUT    seconds one input may take before it counts as a hang (default 10)
 #   FUZZ_RSS_MB     memory limit (default 2048)
+#   FUZZ_MAX_LEN    longest input libFuzzer generates (default: libFuzzer's, 4096 bytes)
 #   CARGO_BUILD_JOBS  build parallelism, as for cargo
 set -euo pipefail
 
@@ -36,19 +37,36 @@ else
 fi
 
 sanitizer=${FUZZ_SANITIZER:-none}
+triple=$(rustc -vV | sed -n 's/^host: //p')
+bindir="${CARGO_TARGET_DIR:-$here/target}/$triple/release"
 mkdir -p logs
+
+# Build everything first, so every target runs against the same code.
 summary=()
 failed=0
+runnable=()
 for t in "${targets[@]}"; do
-    mkdir -p "corpus/$t"
+    if cargo fuzz build --sanitizer "$sanitizer" --debug-assertions "$t" >"logs/$t.build.log" 2>&1; then
+        runnable+=("$t")
+    else
+        failed=1
+        summary+=("$t: FAILED to build, see fuzz/logs/$t.build.log")
+        tail -n5 "logs/$t.build.log" >&2
+    fi
+done
+
+extra=()
+[ -n "${FUZZ_MAX_LEN:-}" ] && extra+=(-max_len="$FUZZ_MAX_LEN")
+for t in "${runnable[@]}"; do
+    mkdir -p "corpus/$t" "artifacts/$t"
     dirs=("corpus/$t")
     [ -d "seeds/$t" ] && dirs+=("seeds/$t")
     log="logs/$t.log"
     echo "== $t: $runs executions" >&2
     set +e
-    cargo fuzz run --sanitizer "$sanitizer" --debug-assertions "$t" "${dirs[@]}" -- \
-        -runs="$runs" -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb="${FUZZ_RSS_MB:-2048}" \
-        -print_final_stats=1 >"$log" 2>&1
+    "$bindir/$t" -artifact_prefix="artifacts/$t/" -runs="$runs" -timeout="${FUZZ_TIMEOUT:-10}" \
+        -rss_limit_mb="${FUZZ_RSS_MB:-2048}" -print_final_stats=1 "${extra[@]}" "${dirs[@]}" \
+        >"$log" 2>&1
     status=$?
     set -e
     done_line=$(grep -E '^Done [0-9]+ runs in [0-9]+ second' "$log" | tail -n1 || true)

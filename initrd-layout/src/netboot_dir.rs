@@ -123,8 +123,8 @@ pub fn ipxe_script(cmdline: &str) -> String {
     )
 }
 
-/// The kexec script: finds its files next to itself from any working directory; arguments
-/// given to it are appended to the kernel command line.
+/// The kexec script: finds its files next to itself from any working directory (through
+/// symlinks to it too); arguments given to it are appended to the kernel command line.
 pub fn kexec_script(cmdline: &str) -> String {
     let quoted = cmdline.replace('\'', r"'\''");
     format!(
@@ -136,7 +136,8 @@ if ! command -v kexec >/dev/null 2>&1; then
   echo "kexec-boot: kexec not found: please install kexec-tools" >&2
   exit 1
 fi
-dir=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)
+self=$(readlink -f "$0" 2>/dev/null) || self=$0
+dir=$(CDPATH= cd -- "$(dirname -- "$self")" && pwd)
 cmdline='{quoted}'
 if [ "$#" -gt 0 ]; then
   cmdline="$cmdline $*"
@@ -314,5 +315,51 @@ mod tests {
         assert!(kernel_cmdline("relative/init", &[]).is_err());
         assert!(kernel_cmdline("/a/init", &["init=/b".to_string()]).is_err());
         assert!(kernel_cmdline("/a/init", &["x".repeat(3000)]).is_err());
+    }
+
+    /// iPXE's reading of a script line: whitespace-separated words, a word starting with `#`
+    /// ends the line, `||` `&&` `;` separate commands, `${...}` expands (here: to nothing).
+    fn ipxe_words(line: &str) -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        for w in line.split_whitespace() {
+            if w.starts_with('#') {
+                break;
+            }
+            if matches!(w, "||" | "&&" | ";") {
+                return None;
+            }
+            let mut expanded = String::new();
+            let mut rest = w;
+            while let Some(start) = rest.find("${") {
+                let end = rest[start..].find('}')?;
+                expanded.push_str(&rest[..start]);
+                rest = &rest[start + end + 1..];
+            }
+            expanded.push_str(rest);
+            if !expanded.is_empty() {
+                out.push(expanded);
+            }
+        }
+        Some(out)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn accepted_params_reach_the_kernel_unchanged(
+            params in proptest::collection::vec("[ -~\t]{1,12}", 0..6)
+        ) {
+            let Ok(line) = kernel_cmdline("/nix/store/x-system/init", &params) else { return Ok(()) };
+            let script = ipxe_script(&line);
+            let kernel_line = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+            let words = ipxe_words(kernel_line).unwrap();
+            let mut expected = vec!["kernel".to_string(), "bzImage".into(), "init=/nix/store/x-system/init".into(), "initrd=initrd".into()];
+            expected.extend(params.iter().cloned());
+            proptest::prop_assert_eq!(words, expected);
+        }
+
+        #[test]
+        fn check_param_never_panics(p in "\\PC{0,40}") {
+            let _ = check_param(&p);
+        }
     }
 }

@@ -242,6 +242,13 @@ pub fn make_store_image(opts: &StoreImageOptions) -> Result<StoreImageReport> {
             )
         })?;
         let size = std::fs::metadata(&opts.output)?.len();
+        if size > crate::cpio::MAX_FILE_SIZE {
+            log::warn!(
+                "store image: {} is {size} bytes, over the 4 GiB - 1 a newc initrd can hold; \
+                 `initrd-layout build` will refuse it (use stronger -comp settings or fewer paths)",
+                opts.output.display()
+            );
+        }
         log::info!(
             "store image: done in {:.1} s, {} bytes",
             started.elapsed().as_secs_f64(),

@@ -90,11 +90,16 @@ fn directory_script_and_kexec_tree() {
     )
     .unwrap();
     std::fs::set_permissions(bin.join("kexec"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::os::unix::fs::symlink("/usr/bin/dirname", bin.join("dirname")).unwrap();
+    for tool in ["dirname", "readlink"] {
+        std::os::unix::fs::symlink(format!("/usr/bin/{tool}"), bin.join(tool)).unwrap();
+    }
+    // Started through a symlink in another directory, from a third working directory.
+    let link = dir.path().join("kexec-boot-link");
+    std::os::unix::fs::symlink(out.join("kexec-tree/kexec-boot"), &link).unwrap();
     let elsewhere = dir.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
     let status = Command::new("/bin/sh")
-        .arg("../netboot/kexec-tree/kexec-boot")
+        .arg("../kexec-boot-link")
         .arg("netboot.kexec=1")
         .current_dir(&elsewhere)
         .env_clear()

@@ -121,6 +121,24 @@ fn cmdline(text: &str) -> Cmdline {
     Cmdline::parse(text)
 }
 
+/// The phase on `t` with the fake.
+fn boot(
+    fake: &Fake,
+    t: &Tree,
+    config: &Config,
+    cmdline_text: &str,
+    options: LoadOptions,
+) -> anyhow::Result<ModulesReport> {
+    load_for_boot_with(
+        fake,
+        config,
+        &cmdline(cmdline_text),
+        &t.dir,
+        RELEASE,
+        options,
+    )
+}
+
 fn sequential() -> LoadOptions {
     LoadOptions {
         parallelism: Parallelism::Sequential,
@@ -164,15 +182,7 @@ fn loads_the_netboot_modules_with_the_kernel_decompressing() {
     let t = netboot_tree();
     for options in [sequential(), parallel()] {
         let fake = Fake::new();
-        let report = load_for_boot_with(
-            &fake,
-            &config(&[], ""),
-            &cmdline(""),
-            &t.dir,
-            RELEASE,
-            options,
-        )
-        .unwrap();
+        let report = boot(&fake, &t, &config(&[], ""), "", options).unwrap();
         let mut calls = fake.calls();
         calls.sort();
         assert_eq!(
@@ -203,15 +213,7 @@ fn loads_the_netboot_modules_with_the_kernel_decompressing() {
 fn summary_line() {
     let t = netboot_tree();
     let fake = Fake::new();
-    let report = load_for_boot_with(
-        &fake,
-        &config(&["vfat"], ""),
-        &cmdline(""),
-        &t.dir,
-        RELEASE,
-        sequential(),
-    )
-    .unwrap();
+    let report = boot(&fake, &t, &config(&["vfat"], ""), "", sequential()).unwrap();
     assert_eq!(
         report.to_string(),
         "loaded 3 modules (loop, squashfs, overlay), 1 builtin, 0 already loaded"
@@ -223,15 +225,7 @@ fn dependencies_load_first_in_both_modes() {
     let t = netboot_tree();
     for options in [sequential(), parallel()] {
         let fake = Fake::new();
-        let report = load_for_boot_with(
-            &fake,
-            &config(&["fs-ext4"], ""),
-            &cmdline(""),
-            &t.dir,
-            RELEASE,
-            options,
-        )
-        .unwrap();
+        let report = boot(&fake, &t, &config(&["fs-ext4"], ""), "", options).unwrap();
         let calls: Vec<String> = fake.calls().iter().map(|c| call_module(c)).collect();
         let pos = |n: &str| {
             calls
@@ -273,15 +267,7 @@ fn already_loaded_is_success() {
     let t = netboot_tree();
     let fake = Fake::new();
     fake.fail_on("finit_module loop.ko.xz", Errno::EEXIST);
-    let report = load_for_boot_with(
-        &fake,
-        &config(&[], ""),
-        &cmdline(""),
-        &t.dir,
-        RELEASE,
-        sequential(),
-    )
-    .unwrap();
+    let report = boot(&fake, &t, &config(&[], ""), "", sequential()).unwrap();
     assert_eq!(
         report.to_string(),
         "loaded 2 modules (squashfs, overlay), 0 builtin, 1 already loaded"
@@ -290,15 +276,7 @@ fn already_loaded_is_success() {
     let fake = Fake::new();
     fake.fail_on("finit_module", Errno::EOPNOTSUPP);
     fake.fail_on("init_module overlay", Errno::EEXIST);
-    let report = load_for_boot_with(
-        &fake,
-        &config(&[], ""),
-        &cmdline(""),
-        &t.dir,
-        RELEASE,
-        sequential(),
-    )
-    .unwrap();
+    let report = boot(&fake, &t, &config(&[], ""), "", sequential()).unwrap();
     assert_eq!(report.already_loaded().count(), 1);
 }
 
@@ -310,12 +288,11 @@ fn falls_back_to_userspace_decompression_once_the_kernel_refuses() {
         "finit_module loop.ko.xz flags=compressed",
         Errno::EOPNOTSUPP,
     );
-    let report = load_for_boot_with(
+    let report = boot(
         &fake,
+        &t,
         &config(&["crypto-crc32c"], ""),
-        &cmdline("loop.max_part=4"),
-        &t.dir,
-        RELEASE,
+        "loop.max_part=4",
         sequential(),
     )
     .unwrap();
@@ -351,12 +328,11 @@ fn einval_refuses_only_that_format() {
     let t = netboot_tree();
     let fake = Fake::new();
     fake.fail_on("finit_module loop.ko.xz flags=compressed", Errno::EINVAL);
-    load_for_boot_with(
+    boot(
         &fake,
+        &t,
         &config(&["loop", "crc32c_generic", "squashfs"], ""),
-        &cmdline(""),
-        &t.dir,
-        RELEASE,
+        "",
         sequential(),
     )
     .unwrap();
@@ -384,15 +360,7 @@ fn plain_modules_use_finit_without_flags() {
         &[],
     );
     let fake = Fake::new();
-    load_for_boot_with(
-        &fake,
-        &config(&[], ""),
-        &cmdline(""),
-        &t.dir,
-        RELEASE,
-        sequential(),
-    )
-    .unwrap();
+    boot(&fake, &t, &config(&[], ""), "", sequential()).unwrap();
     assert_eq!(
         fake.calls(),
         vec![
@@ -463,15 +431,7 @@ fn missing_file_and_syscall_errors_name_module_file_and_errno() {
     std::fs::remove_file(t.dir.join("kernel/fs/overlayfs/overlay.ko.xz")).unwrap();
     let fake = Fake::new();
     fake.fail_on("finit_module overlay", Errno::ENOENT);
-    let e = load_for_boot_with(
-        &fake,
-        &config(&[], ""),
-        &cmdline(""),
-        &t.dir,
-        RELEASE,
-        sequential(),
-    )
-    .unwrap_err();
+    let e = boot(&fake, &t, &config(&[], ""), "", sequential()).unwrap_err();
     let msg = format!("{e:#}");
     assert!(
         msg.contains("module overlay") && msg.contains("overlay.ko.xz does not exist"),
@@ -482,15 +442,7 @@ fn missing_file_and_syscall_errors_name_module_file_and_errno() {
     for options in [sequential(), parallel()] {
         let fake = Fake::new();
         fake.fail_on("finit_module squashfs", Errno::ENOEXEC);
-        let e = load_for_boot_with(
-            &fake,
-            &config(&[], ""),
-            &cmdline(""),
-            &t.dir,
-            RELEASE,
-            options,
-        )
-        .unwrap_err();
+        let e = boot(&fake, &t, &config(&[], ""), "", options).unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.contains("loading module squashfs from"), "{msg}");
         assert!(msg.contains("kernel/fs/squashfs/squashfs.ko.xz"), "{msg}");
@@ -500,15 +452,7 @@ fn missing_file_and_syscall_errors_name_module_file_and_errno() {
     let fake = Fake::new();
     fake.fail_on("finit_module", Errno::EOPNOTSUPP);
     fake.fail_on("init_module squashfs", Errno::EPERM);
-    let e = load_for_boot_with(
-        &fake,
-        &config(&[], ""),
-        &cmdline(""),
-        &t.dir,
-        RELEASE,
-        sequential(),
-    )
-    .unwrap_err();
+    let e = boot(&fake, &t, &config(&[], ""), "", sequential()).unwrap_err();
     let msg = format!("{e:#}");
     assert!(
         msg.contains("squashfs")
@@ -528,15 +472,7 @@ fn corrupt_compressed_module_names_the_file() {
     .unwrap();
     let fake = Fake::new();
     fake.fail_on("finit_module", Errno::EOPNOTSUPP);
-    let e = load_for_boot_with(
-        &fake,
-        &config(&[], ""),
-        &cmdline(""),
-        &t.dir,
-        RELEASE,
-        sequential(),
-    )
-    .unwrap_err();
+    let e = boot(&fake, &t, &config(&[], ""), "", sequential()).unwrap_err();
     let msg = format!("{e:#}");
     assert!(
         msg.contains("loop.ko.xz") && msg.contains("xz data is corrupt"),

@@ -132,7 +132,7 @@ fn check_profile(toplevel: &Path) -> Check {
 }
 
 fn run(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.env_clear().env("HOME", "/").output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let out = cmd.env_clear().env("HOME", "/").env("USER", "root").output().map_err(|e| format!("{cmd:?}: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if out.status.success() {
         Ok(text)
