@@ -7,13 +7,14 @@
 #     settings = { init = "${toplevel}/init"; registration = { ... }; ... };
 #   }
 #
-# `fileSystems`: the entries needed for boot (`neededForBoot`, or a mount point NixOS always
-# mounts in stage 1) become `fileSystems` of the config, parents and dependencies first. Only the
-# fields the init reads are kept: mountPoint, device, fsType, options, overlay. Options that
-# only systemd or the scripted stage 1 read (`x-initrd.mount`, `x-systemd.*`) are dropped, and
-# the older `lowerdir=`/`upperdir=`/`workdir=` options of an overlay become its `overlay`
-# attribute. Settings NixOS has but the init cannot honour (labels, encryption, automatic
-# formatting or resizing, `fsType = "auto"`) are evaluation errors naming the file system.
+# `fileSystems`: the enabled entries needed for boot (`neededForBoot`, or a mount point NixOS
+# always mounts in stage 1) become `fileSystems` of the config, parents and dependencies first.
+# Only the fields the init reads are kept: mountPoint, device, fsType, options, overlay.
+# Options only systemd or the scripted stage 1 read (`x-initrd.mount`, `x-systemd.*`) are
+# dropped, and the older `lowerdir=`/`upperdir=`/`workdir=` options of an overlay become its
+# `overlay` attribute. What NixOS can express but the init cannot do (labels, encryption,
+# automatic formatting or resizing, `fsType = "auto"`, overlay directories outside the new
+# root) is an evaluation error naming the file system.
 #
 # `settings`: the remaining top-level fields of the config, named as in the JSON (init,
 # targetRoot, modulesDir, kernelModules, moduleParams, registration, failure). Null values are
@@ -82,7 +83,9 @@ let
   # Read by systemd (fstab generator, mount units) or the scripted stage 1's fstab only.
   isSystemdOnlyOption = o: o == "x-initrd.mount" || hasPrefix "x-systemd." o;
 
-  neededForBoot = name: fs: get fs "neededForBoot" false || elem (get fs "mountPoint" name) pathsNeededForBoot;
+  # `enable = false` (nixpkgs 24.11 and later) takes an entry out entirely.
+  neededForBoot = name: fs: get fs "enable" true
+    && (get fs "neededForBoot" false || elem (get fs "mountPoint" name) pathsNeededForBoot);
 
   # One NixOS fileSystems entry, checked, with the fields the init reads.
   convert = name: raw:
@@ -120,6 +123,8 @@ let
         else if get fs "autoFormat" false then "autoFormat (netboot-init does not format)"
         else if get fs "autoResize" false then "autoResize (netboot-init does not resize)"
         else if get stratis "poolUuid" null != null then "stratis (netboot-init does not assemble pools)"
+        else if newStyle && !(get overlayAttr "useStage1BaseDirectories" true)
+        then "overlay.useStage1BaseDirectories = false (netboot-init finds overlay directories in the new root only)"
         else null;
       depends = map toString (get fs "depends" [ ]);
     in

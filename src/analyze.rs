@@ -102,6 +102,9 @@ pub struct Timeline {
     pub handoff_us: Option<u64>,
     pub stage2_init: Option<String>,
     pub kernel: KernelEvents,
+    /// What was added to the record's times to put them on the kernel's printk clock
+    /// (CLOCK_MONOTONIC and printk's local_clock drift apart, by tens of ms under emulation).
+    pub clock_offset_us: i64,
 }
 
 #[derive(Deserialize)]
@@ -178,12 +181,13 @@ pub fn parse_timeline_json(text: &str) -> Result<Timeline, AnalyzeError> {
         }
     }
     Ok(Timeline {
-        kernel_release: record.kernel_release,
+        kernel_release: record.kernel_release.filter(|r| !r.is_empty()),
         init_start_us: record.init_start_us,
         phases: record.phases,
         handoff_us: record.handoff_us,
         stage2_init: record.stage2_init,
         kernel: KernelEvents::default(),
+        clock_offset_us: 0,
     })
 }
 
@@ -252,22 +256,79 @@ pub fn kernel_events(log: &str) -> KernelEvents {
 }
 
 const TIMELINE_MARKER: &str = "netboot-init: timeline ";
+const INIT_PREFIX: &str = "netboot-init: ";
+/// The init splits long kmsg records; a timeline spans at most this many.
+const MAX_CONTINUATIONS: usize = 64;
 
-/// Parses a captured boot log: the init's `netboot-init: timeline {...}` line (the last one,
-/// should the log hold several boots' worth) plus the kernel's timestamps.
+/// Parses a captured boot log: the init's `netboot-init: timeline {...}` line (the last
+/// complete one, should the log hold several boots; records the init split at the kmsg size
+/// limit are joined again) plus the kernel's timestamps, with the record's times moved onto
+/// the kernel's clock ([`align_to_kernel_log`]).
 pub fn parse_log(log: &str) -> Result<Timeline, AnalyzeError> {
     check_size(log)?;
-    let json = log
-        .lines()
-        .rev()
-        .find_map(|line| {
-            let at = line.find(TIMELINE_MARKER)?;
-            Some(line[at + TIMELINE_MARKER.len()..].trim_end_matches('\r'))
-        })
-        .ok_or(AnalyzeError::NoTimelineLine)?;
-    let mut timeline = parse_timeline_json(json)?;
-    timeline.kernel = kernel_events(log);
-    Ok(timeline)
+    let lines: Vec<&str> = log.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let mut last_err = AnalyzeError::NoTimelineLine;
+    for (i, line) in lines.iter().enumerate().rev() {
+        let Some(at) = line.find(TIMELINE_MARKER) else {
+            continue;
+        };
+        let mut json = line[at + TIMELINE_MARKER.len()..].to_string();
+        let mut parsed = parse_timeline_json(&json);
+        // Continuation records carry the same prefix and the next piece of the text.
+        let continuations = lines[i + 1..]
+            .iter()
+            .filter_map(|l| l.find(INIT_PREFIX).map(|p| &l[p + INIT_PREFIX.len()..]))
+            .take(MAX_CONTINUATIONS);
+        for piece in continuations {
+            if parsed.is_ok() {
+                break;
+            }
+            json.push_str(piece);
+            parsed = parse_timeline_json(&json);
+        }
+        match parsed {
+            Ok(mut timeline) => {
+                timeline.kernel = kernel_events(log);
+                align_to_kernel_log(&mut timeline, log);
+                return Ok(timeline);
+            }
+            Err(e) => last_err = e,
+        }
+    }
+    Err(last_err)
+}
+
+/// The printk time of each `netboot-init: <phase> done in` line against the phase's recorded
+/// end gives the offset between the two clocks; the smallest difference is the one with the
+/// least logging delay. Shifts every time in `t` by it and returns it (0 when the log has no
+/// such lines).
+pub fn align_to_kernel_log(t: &mut Timeline, log: &str) -> i64 {
+    let mut best: Option<i64> = None;
+    for line in log.lines() {
+        let Some((ts, msg)) = split_timestamp(line) else {
+            continue;
+        };
+        let Some(rest) = msg.strip_prefix(INIT_PREFIX) else {
+            continue;
+        };
+        let Some((name, _)) = rest.split_once(" done in ") else {
+            continue;
+        };
+        if let Some(p) = t.phases.iter().find(|p| p.name == name) {
+            let d = ts as i64 - p.end_us as i64;
+            best = Some(best.map_or(d, |b| b.min(d)));
+        }
+    }
+    let offset = best.unwrap_or(0);
+    let shift = |us: u64| (us as i64).saturating_add(offset).max(0) as u64;
+    t.init_start_us = shift(t.init_start_us);
+    for p in &mut t.phases {
+        p.start_us = shift(p.start_us);
+        p.end_us = shift(p.end_us);
+    }
+    t.handoff_us = t.handoff_us.map(shift);
+    t.clock_offset_us += offset;
+    offset
 }
 
 /// Reads either form: JSON if the text starts with `{`, else a boot log.
@@ -550,6 +611,7 @@ pub fn tick_step_us(range_us: u64, max_ticks: u64) -> u64 {
 }
 
 const LABEL_W: f64 = 150.0;
+const SVG_NOTE_CHARS: usize = 100;
 const CHART_W: f64 = 720.0;
 const ROW_H: f64 = 22.0;
 const BAR_H: f64 = 16.0;
@@ -647,7 +709,12 @@ fn render_panel(svg: &mut String, panel: &Panel, top: f64, id: &str) -> (f64, f6
         let mut note = format!("{} ms", ms(row.duration_us()));
         if !row.summary.is_empty() {
             note.push_str(" — ");
-            note.push_str(&row.summary);
+            // Long summaries stay readable in the table; the picture keeps their start.
+            let summary: String = row.summary.chars().take(SVG_NOTE_CHARS).collect();
+            note.push_str(&summary);
+            if row.summary.chars().count() > SVG_NOTE_CHARS {
+                note.push('…');
+            }
         }
         if !row.ok {
             note = format!("FAILED {note}");
@@ -866,7 +933,7 @@ mod tests {
              [    0.412000] Trying to unpack rootfs image as initramfs...\r\n\
              [    0.512345] Freeing initrd memory: 20480K\r\n\
              [    1.000000] Run /init as init process\r\n\
-             [    1.002000] netboot-init: frame done in 2.00 ms: proc sys dev run\r\n\
+             [    1.002800] netboot-init: frame done in 2.00 ms: proc sys dev run\r\n\
              [    1.048900] netboot-init: timeline {}\r\n\
              [    1.050000] stage2-probe: started\r\n\
              [    1.200000] reboot: Power down\r\n",
@@ -928,6 +995,47 @@ mod tests {
         assert_eq!(t.stage1_us(), 50_000);
         assert_eq!(parse_any(RECORD).unwrap().phases.len(), 5);
         assert_eq!(parse_any(&log_with(RECORD)).unwrap().stage1_us(), 50_000);
+    }
+
+    #[test]
+    fn split_records_and_clock_offset() {
+        // The record cut into kmsg-sized pieces, and its clock 50 ms ahead of printk's.
+        let json = RECORD
+            .replace('\n', " ")
+            .replace("\"initStartUs\":1000800", "\"initStartUs\":1050800");
+        let mut shifted = json.clone();
+        for (from, to) in [
+            (1002800, 1052800),
+            (1012800, 1062800),
+            (1042800, 1092800),
+            (1047800, 1097800),
+            (1048800, 1098800),
+        ] {
+            shifted = shifted.replace(&from.to_string(), &to.to_string());
+        }
+        shifted = shifted.replacen("\"startUs\":1000800", "\"startUs\":1050800", 1);
+        let (a, b) = shifted.split_at(100);
+        let (b, c) = b.split_at(150);
+        let log = format!(
+            "[    1.000000] Run /init as init process\n\
+             [    1.003000] netboot-init: frame done in 2.00 ms: x\n\
+             [    1.042900] netboot-init: mounts done in 30.00 ms: y\n\
+             [    1.048900] netboot-init: timeline {a}\n\
+             [    1.048901] netboot-init: {b}\n\
+             [    1.048901] some other kernel line\n\
+             [    1.048902] netboot-init: {c}\n\
+             [    1.050000] stage2-probe: started\n"
+        );
+        let t = parse_log(&log).unwrap();
+        // Mounts logged 100 us after its end, frame 200 us: the smaller delay wins.
+        assert_eq!(t.clock_offset_us, -49_900);
+        assert_eq!(t.init_start_us, 1_000_900);
+        assert_eq!(t.phase("mounts").unwrap().end_us, 1_042_900);
+        assert_eq!(t.handoff_us, Some(1_048_900));
+        assert_eq!(t.phase("mounts").unwrap().duration_us(), 30_000);
+        // Without the last piece the record is incomplete.
+        let cut = log.replace(&format!("netboot-init: {c}"), "x");
+        assert!(matches!(parse_log(&cut), Err(AnalyzeError::Json(_))));
     }
 
     #[test]

@@ -51,7 +51,8 @@ for d in proc sys dev run; do
 done
 
 # What netboot.nix runs after boot: register the store, mark the system, set the profile.
-chroot $targetRoot @nixStore@ --load-db < $targetRoot@registrationFile@ || fail "nix-store --load-db"
+env -i USER=root HOME=/homeless-shelter NIX_REMOTE=local /bin/chroot $targetRoot @nixStore@ --load-db \
+    < $targetRoot@registrationFile@ || fail "nix-store --load-db"
 mkdir -p $targetRoot/etc
 touch $targetRoot/etc/NIXOS
 mkdir -p $targetRoot/nix/var/nix/profiles

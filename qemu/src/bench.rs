@@ -43,7 +43,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// prints the log buffer at the end) and the initrd is unpacked synchronously.
 pub const BASE_APPEND: &str = "console=ttyS0 quiet initramfs_async=0 panic=-1";
 /// The kernel parameter that makes the init load modules one by one, if it has one.
-pub const SEQUENTIAL_MODULES_PARAM: Option<&str> = None;
+pub const SEQUENTIAL_MODULES_PARAM: Option<&str> = Some("netboot.modules=sequential");
 
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -248,6 +248,7 @@ pub fn boot_figures(console: &str) -> BootFigures {
         .and_then(|j| analyze::parse_timeline_json(j).ok())
         .map(|mut t| {
             t.kernel = events.clone();
+            analyze::align_to_kernel_log(&mut t, &out.dmesg);
             t
         });
     BootFigures {
@@ -316,12 +317,17 @@ fn record(samples: &mut VariantSamples, f: &BootFigures) {
             .kernel_and_children_ms
             .push(cpu.system_ms() + cpu.children_ms());
     }
-    if let (Some(dio), Some(growth), Some(over)) = (
+    if let (Some(direct_io), Some(growth_kib), Some(overhead_kib)) = (
         f.stage2.direct_io(),
         f.stage2.cache_growth_kib(),
         f.stage2.overhead_kib(),
     ) {
-        samples.memory.push((dio, growth, over));
+        samples.memory.push(report::MemSample {
+            direct_io,
+            growth_kib,
+            overhead_kib,
+            held_after_drop_kib: f.stage2.held_after_drop_kib(),
+        });
     }
 }
 
@@ -601,7 +607,15 @@ bench: done\r
         assert_eq!(s.phase_ms["mounts"], vec![10.0]);
         assert_eq!(s.user_ms, vec![20.0]);
         assert_eq!(s.kernel_and_children_ms, vec![990.0]);
-        assert_eq!(s.memory, vec![(false, 1536, 512)]);
+        assert_eq!(
+            s.memory,
+            vec![report::MemSample {
+                direct_io: false,
+                growth_kib: 1536,
+                overhead_kib: 512,
+                held_after_drop_kib: None
+            }]
+        );
     }
 
     #[test]

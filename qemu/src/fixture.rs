@@ -46,8 +46,14 @@ impl Fixture {
 }
 
 fn stamp(probe: &Path) -> Result<String> {
+    use std::hash::{Hash, Hasher};
     let mut s = format!("recipe {RECIPE}\n");
-    for p in [probe, Path::new(NIX_STORE_BIN), Path::new(KEXEC_BIN), Path::new(BUSYBOX_BIN)] {
+    // The probe is relinked whenever the workspace changes; only its content matters.
+    let bytes = fs::read(probe).with_context(|| format!("fixture input {}", probe.display()))?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    s.push_str(&format!("{} {} {:016x}\n", probe.display(), bytes.len(), h.finish()));
+    for p in [Path::new(NIX_STORE_BIN), Path::new(KEXEC_BIN), Path::new(BUSYBOX_BIN)] {
         let m = fs::metadata(p).with_context(|| format!("fixture input {}", p.display()))?;
         let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
         s.push_str(&format!("{} {} {:?}\n", p.display(), m.len(), mtime.map(|d| d.as_nanos())));

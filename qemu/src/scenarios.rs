@@ -35,6 +35,9 @@ pub mod msg {
     pub const BOOT_FAILED: &str = "netboot-init: boot failed: ";
     pub const PANIC_ASKED: &str = "; panicking as boot.panic_on_fail asks";
     pub const KERNEL_PANIC: &str = "Kernel panic - not syncing";
+    /// The error chain when the initrd carries no store image.
+    pub const SQUASHFS_MISSING: &str =
+        "mounts: fileSystems[1] /nix/.ro-store (squashfs): squashfs image /nix-store.squashfs is missing";
 }
 
 pub const ALL: &[&str] = &[
@@ -112,9 +115,6 @@ impl Line {
 fn exact(s: impl Into<String>) -> Line {
     Line::Exact(s.into())
 }
-fn failed(phase: &str, parts: &[&str]) -> Line {
-    Line::Prefix(format!("{}{phase}: ", msg::FAILED), parts.iter().map(|s| s.to_string()).collect())
-}
 
 /// Everything shared by the scenarios of one run.
 struct Env {
@@ -179,7 +179,7 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
     let mut kernel = &env.k61;
     let mut extra = String::new();
     let mut allow_reboot = false;
-    let squashfs_line = failed("mounts", &["nix-store.squashfs"]);
+    let squashfs_line = exact(format!("{}{}", msg::FAILED, msg::SQUASHFS_MISSING));
     let expect = match name {
         "boot-6.1" => Expect::Probe,
         "boot-6.12" | "ipxe-netboot" | "kexec-reboot" => {
@@ -205,13 +205,27 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
         }
         "corrupt-squashfs" => {
             spec.truncate_store = true;
-            Expect::Lines(vec![failed("mounts", &["squashfs"]), exact(msg::rebooting(1))])
+            let (said, has) = truncated_sizes(&fx.store_image)?;
+            Expect::Lines(vec![
+                exact(format!(
+                    "{}mounts: fileSystems[1] /nix/.ro-store (squashfs): squashfs image /nix-store.squashfs is truncated: its superblock says {said} bytes, the file has {has}",
+                    msg::FAILED
+                )),
+                exact(msg::rebooting(1)),
+            ])
         }
         "missing-module" => {
             let mut c = spec.config.clone();
             set(&mut c, &["kernelModules"], json!(["no_such_module"]));
             spec.replace_config = Some(serde_json::to_string(&c)?);
-            Expect::Lines(vec![failed("modules", &["no_such_module"]), exact(msg::rebooting(1))])
+            Expect::Lines(vec![
+                exact(format!(
+                    "{}modules: resolving the kernel modules to load: module no_such_module not found in /lib/modules/{} (not in modules.dep, modules.alias or modules.builtin)",
+                    msg::FAILED,
+                    env.k61.release
+                )),
+                exact(msg::rebooting(1)),
+            ])
         }
         "bad-config" => {
             let mut c = spec.config.clone();
@@ -219,20 +233,36 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
             spec.replace_config = Some(serde_json::to_string(&c)?);
             // The config is unreadable, so its reboot wait is unknown: the default applies.
             Expect::Lines(vec![
-                Line::Prefix(msg::FAILED.to_string(), vec!["bogusField".into()]),
-                Line::Prefix("netboot-init: rebooting in ".into(), vec![]),
+                Line::Prefix(
+                    format!("{}config: config /etc/netboot-init.json: bogusField: unknown field (expected one of ", msg::FAILED),
+                    vec![],
+                ),
+                exact(msg::rebooting(10)),
             ])
         }
         "bad-init" => {
+            // The profile names the real system, so registration passes and the missing init is
+            // what fails.
+            set(&mut spec.config, &["registration", "toplevel"], json!(fx.toplevel));
             extra = format!("init={MISSING_INIT}");
             Expect::Lines(vec![
-                Line::Prefix(msg::FAILED.to_string(), vec![MISSING_INIT.into()]),
+                Line::Prefix(format!("{}stage2-check: ", msg::FAILED), vec![MISSING_INIT.into()]),
                 exact(msg::rebooting(1)),
             ])
         }
         "registration-failure" => {
             set(&mut spec.config, &["registration", "registrationFile"], json!(format!("{}/probe.json", fx.toplevel)));
-            Expect::Lines(vec![failed("registration", &[]), exact(msg::rebooting(1))])
+            Expect::Lines(vec![
+                Line::Prefix(
+                    format!(
+                        "{}registration: registration file /mnt-root{}/probe.json: line 1: expected a store path, got \"{{\"",
+                        msg::FAILED,
+                        fx.toplevel
+                    ),
+                    vec![],
+                ),
+                exact(msg::rebooting(1)),
+            ])
         }
         "shell-on-fail-denied" => {
             spec.drop_store = true;
@@ -250,7 +280,7 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
             extra = "boot.panic_on_fail".into();
             Expect::Lines(vec![
                 squashfs_line,
-                Line::Prefix(msg::BOOT_FAILED.to_string(), vec!["mounts: ".into(), msg::PANIC_ASKED.into()]),
+                exact(format!("{}{}{}", msg::BOOT_FAILED, msg::SQUASHFS_MISSING, msg::PANIC_ASKED)),
                 Line::Prefix(msg::KERNEL_PANIC.to_string(), vec![]),
             ])
         }
@@ -274,6 +304,15 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
     vm.allow_reboot = allow_reboot;
     vm.timeout = Duration::from_secs(if matches!(expect, Expect::Probe) { 240 } else { 120 });
     judge_boot(&vm, &expect, name)
+}
+
+/// What the init should say about the half store image: the superblock's `bytes_used` and the
+/// shipped length.
+fn truncated_sizes(image: &Path) -> Result<(u64, u64)> {
+    let data = std::fs::read(image)?;
+    let sb = data.get(40..48).context("store image shorter than a squashfs superblock")?;
+    let said = u64::from_le_bytes(sb.try_into()?);
+    Ok((said, (data.len() / 2) as u64))
 }
 
 fn judge_boot(vm: &VmSpec, expect: &Expect, name: &str) -> Result<()> {
@@ -459,8 +498,9 @@ mod tests {
     #[test]
     fn lines_in_order() {
         let c = "[ 1.0] netboot-init: FAILED: mounts: /nix-store.squashfs: ENOENT\n[ 1.1] netboot-init: rebooting in 1 s\n";
-        judge_lines(c, &[failed("mounts", &["nix-store.squashfs"]), exact(msg::rebooting(1))]).unwrap();
-        assert!(judge_lines(c, &[exact(msg::rebooting(1)), failed("mounts", &[])]).is_err());
+        let failed = Line::Prefix("netboot-init: FAILED: mounts: ".into(), vec!["nix-store.squashfs".into()]);
+        judge_lines(c, &[failed.clone(), exact(msg::rebooting(1))]).unwrap();
+        assert!(judge_lines(c, &[exact(msg::rebooting(1)), failed]).is_err());
         assert!(judge_lines(c, &[exact(msg::rebooting(2))]).is_err());
     }
 

@@ -229,6 +229,8 @@ pub struct ModulesReport {
     /// Implied `fs-<type>` aliases that resolved to nothing (the mount will tell).
     pub unresolved: Vec<String>,
     pub parallelism: Option<Parallelism>,
+    /// Time spent reading the indices and resolving, before the first load.
+    pub resolve_us: u64,
     pub start_us: u64,
     pub end_us: u64,
 }
@@ -309,6 +311,7 @@ pub fn load_for_boot_with<S: ModuleOps>(
     check_release(modules_dir, running_release)?;
     let index = index::ModulesIndex::load(modules_dir).context("reading the module indices")?;
     let plan = plan(&index, config).context("resolving the kernel modules to load")?;
+    report.resolve_us = crate::timeline::now_us().saturating_sub(start_us);
     for name in &plan.unresolved {
         log::warn!(
             "no module for {name} in {}; assuming the kernel has it",
@@ -344,6 +347,10 @@ pub fn load_for_boot_with<S: ModuleOps>(
     for (method, names) in &by_method {
         log::info!("{method}: {}", names.join(", "));
     }
+    log::debug!(
+        "module indices read and resolved in {}",
+        crate::timeline::ms(report.resolve_us)
+    );
     for l in &report.loads {
         log::debug!(
             "module {}: {}{} in {} (decompression {}), worker {}",

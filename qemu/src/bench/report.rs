@@ -23,8 +23,20 @@ pub struct VariantSamples {
     pub user_ms: Vec<f64>,
     /// PID 1's system CPU time plus its waited-for children's CPU time.
     pub kernel_and_children_ms: Vec<f64>,
-    /// (direct I/O in effect, page-cache growth KiB, beyond-contents overhead KiB).
-    pub memory: Vec<(bool, i64, i64)>,
+    pub memory: Vec<MemSample>,
+}
+
+/// One boot's full read of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemSample {
+    /// Whether the loop device read its backing file with direct I/O.
+    pub direct_io: bool,
+    /// Page-cache growth over the read, KiB.
+    pub growth_kib: i64,
+    /// That growth beyond the bytes of the files read, KiB.
+    pub overhead_kib: i64,
+    /// Page cache still above the pre-read level once clean caches are dropped again, KiB.
+    pub held_after_drop_kib: Option<i64>,
 }
 
 impl VariantSamples {
@@ -85,18 +97,18 @@ impl Measurements {
         v
     }
 
-    /// Medians of page-cache growth and overhead (MiB) over the boots with direct I/O `on`.
-    pub fn memory_mb(&self, on: bool) -> (Option<f64>, Option<f64>) {
-        let (mut growth, mut over) = (Vec::new(), Vec::new());
+    /// Medians (MiB) of page-cache growth, overhead beyond the file contents, and what stays
+    /// after dropping caches, over the boots with direct I/O `on`.
+    pub fn memory_mb(&self, on: bool) -> (Option<f64>, Option<f64>, Option<f64>) {
+        let (mut growth, mut over, mut held) = (Vec::new(), Vec::new(), Vec::new());
         for v in self.all_init_variants() {
-            for (dio, g, o) in &v.memory {
-                if *dio == on {
-                    growth.push(*g as f64 / 1024.0);
-                    over.push(*o as f64 / 1024.0);
-                }
+            for m in v.memory.iter().filter(|m| m.direct_io == on) {
+                growth.push(m.growth_kib as f64 / 1024.0);
+                over.push(m.overhead_kib as f64 / 1024.0);
+                held.extend(m.held_after_drop_kib.map(|h| h as f64 / 1024.0));
             }
         }
-        (median(&growth), median(&over))
+        (median(&growth), median(&over), median(&held))
     }
 
     pub fn unpack_split(&self) -> Option<f64> {
@@ -169,8 +181,8 @@ impl Measurements {
     pub fn to_json(&self) -> Value {
         let r = |x: Option<f64>| x.map(|x| round(x, 3));
         let m = |v: &[f64]| r(median(v));
-        let (dio_growth, dio_over) = self.memory_mb(true);
-        let (buf_growth, buf_over) = self.memory_mb(false);
+        let (dio_growth, dio_over, dio_held) = self.memory_mb(true);
+        let (buf_growth, buf_over, buf_held) = self.memory_mb(false);
         let mut phases = Map::new();
         for name in self.init.phase_ms.keys() {
             phases.insert(name.clone(), json!(r(self.init.phase(name))));
@@ -191,7 +203,7 @@ impl Measurements {
                     "user_ms": { "median": m(&v.user_ms), "samples": v.user_ms },
                     "kernel_and_children_ms": { "median": m(&v.kernel_and_children_ms) },
                     "phase_ms": v.phase_ms.keys().map(|k| (k.clone(), json!(r(v.phase(k))))).collect::<Map<_, _>>(),
-                    "memory": v.memory.iter().map(|(d, g, o)| json!({"direct_io": d, "cache_growth_kib": g, "overhead_kib": o})).collect::<Vec<_>>(),
+                    "memory": v.memory.iter().map(|m| json!({"direct_io": m.direct_io, "cache_growth_kib": m.growth_kib, "overhead_kib": m.overhead_kib, "held_after_drop_kib": m.held_after_drop_kib})).collect::<Vec<_>>(),
                 }),
             );
         }
@@ -244,6 +256,7 @@ impl Measurements {
             "initrd_bytes": { "split": self.initrd_split_bytes, "single": self.initrd_single_bytes },
             "mem_overhead_mb": { "direct_io": r(dio_over), "buffered": r(buf_over) },
             "mem_cache_growth_mb": { "direct_io": r(dio_growth), "buffered": r(buf_growth) },
+            "mem_held_after_drop_mb": { "direct_io": r(dio_held), "buffered": r(buf_held) },
             "binary_bytes": self.binary_bytes,
             "variants": variants,
             "targets": targets,
@@ -319,8 +332,8 @@ impl Measurements {
             self.initrd_single_bytes as f64 / MIB,
             ratio(Some(self.initrd_single_bytes as f64), Some(self.initrd_split_bytes as f64)).map_or("n/a".into(), |r| format!("{r:.2}x"))
         ));
-        let (dg, dover) = self.memory_mb(true);
-        let (bg, bover) = self.memory_mb(false);
+        let (dg, dover, dheld) = self.memory_mb(true);
+        let (bg, bover, bheld) = self.memory_mb(false);
         s.push_str(&format!(
             "| RAM held beyond file contents after reading the whole store, loop direct I/O (baseline: buffered) | {} MiB | {} MiB | |\n",
             f(dover, 1),
@@ -330,6 +343,11 @@ impl Measurements {
             "| page cache growth over that read, direct I/O (baseline: buffered) | {} MiB | {} MiB | |\n",
             f(dg, 1),
             f(bg, 1)
+        ));
+        s.push_str(&format!(
+            "| page cache still held after dropping clean caches, direct I/O (baseline: buffered) | {} MiB | {} MiB | |\n",
+            f(dheld, 1),
+            f(bheld, 1)
         ));
         s.push_str(&format!(
             "| netboot-init binary (static, stripped) | {:.0} KiB | | |\n\n",
@@ -470,13 +488,19 @@ mod tests {
         init.phase_ms
             .insert("mounts".into(), vec![10.0, 12.0, 11.0]);
         init.user_ms = vec![10.0, 0.0, 0.0, 10.0, 0.0];
+        let mem = |direct_io, growth_kib, overhead_kib| MemSample {
+            direct_io,
+            growth_kib,
+            overhead_kib,
+            held_after_drop_kib: Some(100),
+        };
         init.memory = vec![
-            (false, 30 * 1024, 3 * 1024),
-            (false, 30 * 1024, 5 * 1024),
-            (false, 31 * 1024, 4 * 1024),
+            mem(false, 30 * 1024, 3 * 1024),
+            mem(false, 30 * 1024, 5 * 1024),
+            mem(false, 31 * 1024, 4 * 1024),
         ];
         let mut other = variant("netboot-init-direct-io", &[50.0], &[102.0]);
-        other.memory = vec![(true, 28 * 1024, 1024)];
+        other.memory = vec![mem(true, 28 * 1024, 1024)];
         Measurements {
             kernel_release: "6.12.95+deb12-amd64".into(),
             accel: "tcg".into(),

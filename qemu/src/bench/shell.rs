@@ -343,7 +343,7 @@ mount -t overlay -o lowerdir=$targetRoot/nix/.ro-store,upperdir=$targetRoot/nix/
         assert!(s.contains("targetRoot=/mnt-root\n"));
         assert!(s.contains("for i in squashfs loop overlay; do"));
         assert!(s.contains(
-            "chroot $targetRoot /nix/store/def-nix/bin/nix-store --load-db < $targetRoot/nix/store/nix-path-registration"
+            "/bin/chroot $targetRoot /nix/store/def-nix/bin/nix-store --load-db \\\n    < $targetRoot/nix/store/nix-path-registration"
         ));
         assert!(s.contains(
             "ln -sfn /nix/store/abc-system $targetRoot/nix/var/nix/profiles/system-1-link"

@@ -34,6 +34,10 @@ pub fn init_args(busybox_store_path: &str) -> String {
         "echo bench: meminfo-after",
         "$b/cat /proc/meminfo",
         "echo",
+        "echo 3 > /proc/sys/vm/drop_caches",
+        "echo bench: meminfo-dropped",
+        "$b/cat /proc/meminfo",
+        "echo",
         "echo -n 'bench: timeline '",
         "$b/cat /run/netboot-init/timeline.json",
         "echo",
@@ -94,6 +98,8 @@ pub struct Stage2Output {
     pub dio: Vec<bool>,
     pub mem_before: Option<MemInfo>,
     pub mem_after: Option<MemInfo>,
+    /// After dropping the clean caches again: what the read left that cannot be reclaimed.
+    pub mem_dropped: Option<MemInfo>,
     pub read_bytes: Option<u64>,
     /// `/run/netboot-init/timeline.json` as stage 2 found it.
     pub timeline_json: Option<String>,
@@ -114,6 +120,11 @@ impl Stage2Output {
         Some(self.cache_growth_kib()? - (self.read_bytes? / 1024) as i64)
     }
 
+    /// Page cache still held after the read once clean caches are dropped, in KiB.
+    pub fn held_after_drop_kib(&self) -> Option<i64> {
+        Some(self.mem_dropped?.cache() as i64 - self.mem_before?.cache() as i64)
+    }
+
     pub fn direct_io(&self) -> Option<bool> {
         if self.dio.is_empty() {
             None
@@ -131,11 +142,12 @@ pub fn parse(console: &str) -> Stage2Output {
         None,
         Before,
         After,
+        Dropped,
         Dmesg,
     }
     let mut out = Stage2Output::default();
     let mut section = Section::None;
-    let (mut before, mut after) = (String::new(), String::new());
+    let (mut before, mut after, mut dropped) = (String::new(), String::new(), String::new());
     for raw in console.lines() {
         let line = raw.trim_end_matches('\r');
         // Only lines the script printed: the kernel log quotes the script itself.
@@ -155,6 +167,7 @@ pub fn parse(console: &str) -> Stage2Output {
                 }
                 "meminfo-before" => section = Section::Before,
                 "meminfo-after" => section = Section::After,
+                "meminfo-dropped" => section = Section::Dropped,
                 "read-bytes" => {
                     out.read_bytes = value.trim().parse().ok();
                     section = Section::None;
@@ -179,6 +192,7 @@ pub fn parse(console: &str) -> Stage2Output {
             Section::None => continue,
             Section::Before => &mut before,
             Section::After => &mut after,
+            Section::Dropped => &mut dropped,
             Section::Dmesg => &mut out.dmesg,
         };
         target.push_str(line);
@@ -189,6 +203,9 @@ pub fn parse(console: &str) -> Stage2Output {
     }
     if !after.is_empty() {
         out.mem_after = Some(parse_meminfo(&after));
+    }
+    if !dropped.is_empty() {
+        out.mem_dropped = Some(parse_meminfo(&dropped));
     }
     out
 }
@@ -254,6 +271,7 @@ mod tests {
             bench: read-bytes 51200\r\n\
             bench: meminfo-after\r\n\
             MemAvailable: 800 kB\r\nBuffers: 20 kB\r\nCached: 160 kB\r\n\r\n\
+            bench: meminfo-dropped\r\nBuffers: 0 kB\r\nCached: 104 kB\r\n\r\n\
             bench: timeline {\"version\":1}\r\n\
             bench: dmesg-begin\r\n\
             [    3.200000] Run /init as init process\r\n\
@@ -269,6 +287,7 @@ mod tests {
         assert_eq!(out.mem_after.unwrap().buffers, 20);
         assert_eq!(out.cache_growth_kib(), Some(70));
         assert_eq!(out.overhead_kib(), Some(20));
+        assert_eq!(out.held_after_drop_kib(), Some(-6));
         assert_eq!(out.dmesg.lines().count(), 3);
         assert_eq!(out.timeline_json.as_deref(), Some("{\"version\":1}"));
         assert!(out.done);
