@@ -249,7 +249,7 @@ fn sequence<S: Sys>(
             paths.run.display()
         );
     }
-    log::info!("{LOG_TAG}{}", timeline.to_json());
+    log::info!("{LOG_TAG}{}", timeline.to_log_json());
     log::info!(
         "stage 1 done in {}; handing off to {init}",
         crate::timeline::ms(

@@ -13,6 +13,9 @@ pub const TIMELINE_FILE: &str = "netboot-init/timeline.json";
 /// The tag of the log line that carries the record.
 pub const LOG_TAG: &str = "timeline ";
 
+/// The longest record that fits one /dev/kmsg write with the tag and prefix.
+const LOG_JSON_MAX: usize = 900;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Timeline {
@@ -92,6 +95,22 @@ impl Timeline {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
     }
 
+    /// The record as one log line's worth: a /dev/kmsg record holds at most about 1 KiB, so
+    /// the summaries (already logged per phase, and kept in the file) are left out, and the
+    /// stage-2 path too if it still does not fit.
+    pub fn to_log_json(&self) -> String {
+        let mut compact = self.clone();
+        for phase in &mut compact.phases {
+            phase.summary.clear();
+        }
+        let json = compact.to_json();
+        if json.len() <= LOG_JSON_MAX {
+            return json;
+        }
+        compact.stage2_init = None;
+        compact.to_json()
+    }
+
     /// Finds the record in a log (a serial console capture or `dmesg` output).
     pub fn from_log(text: &str) -> Option<Timeline> {
         let needle = format!("{}{LOG_TAG}", crate::logging::PREFIX);
@@ -147,6 +166,22 @@ mod tests {
         );
         assert_eq!(Timeline::from_log(&capture), Some(t));
         assert_eq!(Timeline::from_log("no record here"), None);
+    }
+
+    #[test]
+    fn the_logged_record_fits_one_kmsg_record() {
+        let mut t = sample();
+        for name in ["config", "mounts", "registration", "stage2-check", "extra"] {
+            t.record(name, 2_000_000_000, 2_000_500_000, true, "x".repeat(400));
+        }
+        t.stage2_init = Some(format!("/nix/store/{}/init", "y".repeat(300)));
+        let line = format!("{}{LOG_TAG}{}", crate::logging::PREFIX, t.to_log_json());
+        assert!(line.len() <= 990, "{} bytes", line.len());
+        let records = crate::logging::kmsg_records(log::Level::Info, &line);
+        assert_eq!(records.len(), 1);
+        let back = Timeline::from_log(&line).unwrap();
+        assert_eq!(back.phases.len(), t.phases.len());
+        assert_eq!(back.phases[3].end_us, 2_000_500_000);
     }
 
     #[test]
