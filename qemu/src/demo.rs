@@ -24,7 +24,7 @@ pub fn demo(ws: &Path) -> Result<()> {
         // Whole lines only, so the stream reads like a console.
         if let Some(end) = text.rfind('\n') {
             if end + 1 > shown {
-                let _ = o.write_all(text[shown..end + 1].as_bytes());
+                let _ = o.write_all(&text.as_bytes()[shown..end + 1]);
                 let _ = o.flush();
                 shown = end + 1;
             }
@@ -38,14 +38,20 @@ pub fn demo(ws: &Path) -> Result<()> {
     };
     println!("{}", timing_table(&t, &out.console));
     scenarios::judge_probe_console(&out.console)?;
-    println!("demo: stage 2 reached, every probe check passed ({:.1} s wall clock)", out.elapsed.as_secs_f64());
+    println!(
+        "demo: stage 2 reached, every probe check passed ({:.1} s wall clock)",
+        out.elapsed.as_secs_f64()
+    );
     Ok(())
 }
 
 /// The per-phase table, with the stage-1 total from the kernel's timestamps.
 pub fn timing_table(t: &Timeline, console: &str) -> String {
     let mut s = format!("netboot-init on {}:\n", t.kernel_release);
-    s.push_str(&format!("  {:<14} {:>12} {:>12}  {}\n", "phase", "start", "duration", "summary"));
+    s.push_str(&format!(
+        "  {:<14} {:>12} {:>12}  {}\n",
+        "phase", "start", "duration", "summary"
+    ));
     for p in &t.phases {
         s.push_str(&format!(
             "  {:<14} {:>12} {:>12}  {}{}\n",
@@ -57,9 +63,16 @@ pub fn timing_table(t: &Timeline, console: &str) -> String {
         ));
     }
     if let Some(h) = t.handoff_us {
-        s.push_str(&format!("  {:<14} {:>12}\n", "hand-off", ms(h.saturating_sub(t.init_start_us))));
+        s.push_str(&format!(
+            "  {:<14} {:>12}\n",
+            "hand-off",
+            ms(h.saturating_sub(t.init_start_us))
+        ));
     }
-    if let (Some(a), Some(b)) = (kernel_time(console, "Run /init as init process"), kernel_time(console, crate::probe::STARTED)) {
+    if let (Some(a), Some(b)) = (
+        kernel_time(console, "Run /init as init process"),
+        kernel_time(console, crate::probe::STARTED),
+    ) {
         s.push_str(&format!(
             "  stage 1 (kernel `Run /init` to `{}`): {:.2} ms\n",
             crate::probe::STARTED,

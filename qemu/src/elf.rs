@@ -62,13 +62,21 @@ pub fn inspect(b: &[u8]) -> Result<ElfInfo> {
             filesz: u64_at(b, o + 32)?,
         });
     }
-    let mut info = ElfInfo { interpreter: None, needed: Vec::new(), has_dynamic: false };
+    let mut info = ElfInfo {
+        interpreter: None,
+        needed: Vec::new(),
+        has_dynamic: false,
+    };
     for p in &phdrs {
         if p.kind == PT_INTERP {
             let s = b
                 .get(p.offset as usize..(p.offset + p.filesz) as usize)
                 .context("PT_INTERP out of range")?;
-            info.interpreter = Some(String::from_utf8_lossy(s).trim_end_matches('\0').to_string());
+            info.interpreter = Some(
+                String::from_utf8_lossy(s)
+                    .trim_end_matches('\0')
+                    .to_string(),
+            );
         }
     }
     let Some(dynamic) = phdrs.iter().find(|p| p.kind == PT_DYNAMIC) else {
@@ -87,7 +95,10 @@ pub fn inspect(b: &[u8]) -> Result<ElfInfo> {
         entries.push((tag, val));
         o += 16;
     }
-    let strtab_vaddr = entries.iter().find(|(t, _)| *t == DT_STRTAB).map(|(_, v)| *v);
+    let strtab_vaddr = entries
+        .iter()
+        .find(|(t, _)| *t == DT_STRTAB)
+        .map(|(_, v)| *v);
     // DT_STRTAB holds a virtual address; map it to a file offset through the PT_LOAD segments.
     let strtab_off = strtab_vaddr.and_then(|va| {
         phdrs
@@ -120,7 +131,11 @@ pub fn ensure_static(path: &std::path::Path) -> Result<()> {
         bail!("{} is dynamic: PT_INTERP {i}", path.display());
     }
     if !info.needed.is_empty() {
-        bail!("{} is dynamic: DT_NEEDED {}", path.display(), info.needed.join(", "));
+        bail!(
+            "{} is dynamic: DT_NEEDED {}",
+            path.display(),
+            info.needed.join(", ")
+        );
     }
     Ok(())
 }
@@ -134,7 +149,11 @@ mod tests {
         let b = std::fs::read("/bin/ls").unwrap();
         let i = inspect(&b).unwrap();
         assert!(i.interpreter.unwrap().contains("ld-linux"));
-        assert!(i.needed.iter().any(|n| n.starts_with("libc.so")), "{:?}", i.needed);
+        assert!(
+            i.needed.iter().any(|n| n.starts_with("libc.so")),
+            "{:?}",
+            i.needed
+        );
     }
 
     #[test]

@@ -52,11 +52,28 @@ fn stamp(probe: &Path) -> Result<String> {
     let bytes = fs::read(probe).with_context(|| format!("fixture input {}", probe.display()))?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
-    s.push_str(&format!("{} {} {:016x}\n", probe.display(), bytes.len(), h.finish()));
-    for p in [Path::new(NIX_STORE_BIN), Path::new(KEXEC_BIN), Path::new(BUSYBOX_BIN)] {
+    s.push_str(&format!(
+        "{} {} {:016x}\n",
+        probe.display(),
+        bytes.len(),
+        h.finish()
+    ));
+    for p in [
+        Path::new(NIX_STORE_BIN),
+        Path::new(KEXEC_BIN),
+        Path::new(BUSYBOX_BIN),
+    ] {
         let m = fs::metadata(p).with_context(|| format!("fixture input {}", p.display()))?;
-        let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-        s.push_str(&format!("{} {} {:?}\n", p.display(), m.len(), mtime.map(|d| d.as_nanos())));
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        s.push_str(&format!(
+            "{} {} {:?}\n",
+            p.display(),
+            m.len(),
+            mtime.map(|d| d.as_nanos())
+        ));
     }
     Ok(s)
 }
@@ -76,7 +93,10 @@ pub fn ensure(ws: &Path, probe: &Path) -> Result<Fixture> {
     let want = stamp(probe)?;
     let meta = dir.join("fixture.json");
     if fs::read_to_string(dir.join("stamp")).ok().as_deref() == Some(want.as_str()) {
-        if let Ok(f) = fs::read_to_string(&meta).map_err(anyhow::Error::from).and_then(|t| Ok(serde_json::from_str::<Fixture>(&t)?)) {
+        if let Ok(f) = fs::read_to_string(&meta)
+            .map_err(anyhow::Error::from)
+            .and_then(|t| Ok(serde_json::from_str::<Fixture>(&t)?))
+        {
             if f.store_image.is_file() {
                 return Ok(f);
             }
@@ -97,10 +117,18 @@ fn store_arg(root: &Path) -> String {
 
 /// `nix-store --add` each directory; returns the store paths in order.
 fn nix_add(root: &Path, dirs: &[PathBuf]) -> Result<Vec<String>> {
-    let out = run(Command::new("nix-store").arg("--store").arg(store_arg(root)).arg("--add").args(dirs))?;
+    let out = run(Command::new("nix-store")
+        .arg("--store")
+        .arg(store_arg(root))
+        .arg("--add")
+        .args(dirs))?;
     let paths: Vec<String> = out.lines().map(str::to_string).collect();
     if paths.len() != dirs.len() {
-        bail!("nix-store --add of {} inputs printed {} paths", dirs.len(), paths.len());
+        bail!(
+            "nix-store --add of {} inputs printed {} paths",
+            dirs.len(),
+            paths.len()
+        );
     }
     Ok(paths)
 }
@@ -128,7 +156,8 @@ pub(crate) fn libraries(exes: &[&str]) -> Result<(BTreeMap<String, PathBuf>, Pat
 
 pub(crate) fn copy_exe(src: &Path, dst: &Path) -> Result<()> {
     fs::create_dir_all(dst.parent().context("no parent")?)?;
-    fs::copy(src, dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    fs::copy(src, dst)
+        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
     fs::set_permissions(dst, fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
@@ -137,8 +166,18 @@ pub(crate) fn copy_exe(src: &Path, dst: &Path) -> Result<()> {
 fn filler(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len);
-    let text = seed % 2 == 0;
-    const WORDS: &[&str] = &["nix", "store", "netboot", "derivation", "closure", "kernel", "initrd", "overlay", "\n"];
+    let text = seed & 1 == 0;
+    const WORDS: &[&str] = &[
+        "nix",
+        "store",
+        "netboot",
+        "derivation",
+        "closure",
+        "kernel",
+        "initrd",
+        "overlay",
+        "\n",
+    ];
     while out.len() < len {
         x ^= x << 13;
         x ^= x >> 7;
@@ -170,7 +209,10 @@ fn build(dir: &Path, probe: &Path) -> Result<Fixture> {
         fs::copy(src, &dst).with_context(|| format!("copying {}", src.display()))?;
         fs::set_permissions(&dst, fs::Permissions::from_mode(0o755))?;
         if !soname.starts_with("libc.so") && !soname.starts_with("libm.so") {
-            run(Command::new("patchelf").arg("--set-rpath").arg("$ORIGIN").arg(&dst))?;
+            run(Command::new("patchelf")
+                .arg("--set-rpath")
+                .arg("$ORIGIN")
+                .arg(&dst))?;
         }
     }
     let interp_name = interp.file_name().context("interpreter name")?.to_owned();
@@ -196,7 +238,11 @@ fn build(dir: &Path, probe: &Path) -> Result<Fixture> {
     let bb = stage.join("busybox");
     copy_exe(Path::new(BUSYBOX_BIN), &bb.join("bin/busybox"))?;
     let applets = run(Command::new(BUSYBOX_BIN).arg("--list"))?;
-    for a in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/')) {
+    for a in applets
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
+    {
         std::os::unix::fs::symlink("busybox", bb.join("bin").join(a))?;
     }
     let busybox_path = nix_add(&root, &[bb])?.remove(0);
@@ -209,7 +255,10 @@ fn build(dir: &Path, probe: &Path) -> Result<Fixture> {
         let files = 1 + i % 4;
         for j in 0..files {
             let len = 2048 + ((i * 7919 + j * 104_729) % 56_000);
-            fs::write(d.join("share").join(format!("data-{j}")), filler((i * 16 + j) as u64, len))?;
+            fs::write(
+                d.join("share").join(format!("data-{j}")),
+                filler((i * 16 + j) as u64, len),
+            )?;
         }
         fill_dirs.push(d);
     }
@@ -233,7 +282,10 @@ fn build(dir: &Path, probe: &Path) -> Result<Fixture> {
     let mut top_refs = vec![nix_path.clone(), kexec_path.clone(), busybox_path.clone()];
     top_refs.extend(fillers.iter().cloned());
     refs.insert(toplevel.clone(), top_refs);
-    let dump = run(Command::new("nix-store").arg("--store").arg(store_arg(&root)).arg("--dump-db"))?;
+    let dump = run(Command::new("nix-store")
+        .arg("--store")
+        .arg(store_arg(&root))
+        .arg("--dump-db"))?;
     let (registration, paths, nar_bytes) = with_references(&dump, &refs)?;
     let reg_file = dir.join("nix-path-registration");
     fs::write(&reg_file, &registration)?;
@@ -244,7 +296,10 @@ fn build(dir: &Path, probe: &Path) -> Result<Fixture> {
     load_db(&db_root, &registration)?;
     let prebuilt_db = db_root.join("nix/var/nix/db");
     if !prebuilt_db.join("db.sqlite").is_file() {
-        bail!("nix-store --load-db made no {}", prebuilt_db.join("db.sqlite").display());
+        bail!(
+            "nix-store --load-db made no {}",
+            prebuilt_db.join("db.sqlite").display()
+        );
     }
 
     let store_image = dir.join("nix-store.squashfs");
@@ -283,7 +338,11 @@ fn load_db(root: &Path, registration: &str) -> Result<()> {
         .stdin(Stdio::piped())
         .spawn()
         .context("running nix-store --load-db")?;
-    child.stdin.take().context("stdin")?.write_all(registration.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(registration.as_bytes())?;
     let st = child.wait()?;
     if !st.success() {
         bail!("nix-store --load-db failed ({st})");
@@ -293,7 +352,10 @@ fn load_db(root: &Path, registration: &str) -> Result<()> {
 
 /// Rewrites the reference lists of a `--dump-db` text; returns it with the path count and the
 /// total NAR size.
-pub fn with_references(dump: &str, refs: &BTreeMap<String, Vec<String>>) -> Result<(String, usize, u64)> {
+pub fn with_references(
+    dump: &str,
+    refs: &BTreeMap<String, Vec<String>>,
+) -> Result<(String, usize, u64)> {
     let lines: Vec<&str> = dump.lines().collect();
     let mut out = String::new();
     let (mut i, mut count, mut bytes) = (0, 0, 0u64);
@@ -306,11 +368,21 @@ pub fn with_references(dump: &str, refs: &BTreeMap<String, Vec<String>>) -> Resu
         let hash = lines.get(i + 1).context("dump-db: truncated")?;
         let size = lines.get(i + 2).context("dump-db: truncated")?;
         let deriver = lines.get(i + 3).context("dump-db: truncated")?;
-        let n: usize = lines.get(i + 4).context("dump-db: truncated")?.parse().context("dump-db: reference count")?;
+        let n: usize = lines
+            .get(i + 4)
+            .context("dump-db: truncated")?
+            .parse()
+            .context("dump-db: reference count")?;
         let old = lines.get(i + 5..i + 5 + n).context("dump-db: truncated")?;
         i += 5 + n;
-        let new: Vec<String> = refs.get(path).cloned().unwrap_or_else(|| old.iter().map(|s| s.to_string()).collect());
-        out.push_str(&format!("{path}\n{hash}\n{size}\n{deriver}\n{}\n", new.len()));
+        let new: Vec<String> = refs
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| old.iter().map(|s| s.to_string()).collect());
+        out.push_str(&format!(
+            "{path}\n{hash}\n{size}\n{deriver}\n{}\n",
+            new.len()
+        ));
         for r in &new {
             out.push_str(r);
             out.push('\n');

@@ -22,17 +22,27 @@ impl Kernel {
     pub fn load(ws: &Path, name: &str) -> Result<Kernel> {
         let dir = ws.join("target/netboot/kernels").join(name);
         let release = fs::read_to_string(dir.join("version"))
-            .with_context(|| format!("kernel {name} missing in {}: run `cargo xtask setup`", dir.display()))?
+            .with_context(|| {
+                format!(
+                    "kernel {name} missing in {}: run `cargo xtask setup`",
+                    dir.display()
+                )
+            })?
             .trim()
             .to_string();
         let k = Kernel { dir, release };
         if !k.image().is_file() || !k.modules().join("modules.dep").is_file() {
-            bail!("kernel tree {} is incomplete: run `cargo xtask setup`", k.dir.display());
+            bail!(
+                "kernel tree {} is incomplete: run `cargo xtask setup`",
+                k.dir.display()
+            );
         }
         Ok(k)
     }
     pub fn image(&self) -> PathBuf {
-        self.dir.join("boot").join(format!("vmlinuz-{}", self.release))
+        self.dir
+            .join("boot")
+            .join(format!("vmlinuz-{}", self.release))
     }
     pub fn modules(&self) -> PathBuf {
         self.dir.join("lib/modules").join(&self.release)
@@ -80,13 +90,20 @@ pub fn xz_module_copy(ws: &Path, kernel: &Kernel, names: &[String]) -> Result<Pa
         fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
         run(Command::new("xz").args(["--check=crc32", "-f"]).arg(&dst))?;
     }
-    for f in ["modules.builtin", "modules.builtin.modinfo", "modules.order"] {
+    for f in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
         let src = kernel.modules().join(f);
         if src.is_file() {
             fs::copy(&src, tree.join(f))?;
         }
     }
-    run(Command::new("depmod").arg("-b").arg(&root).arg(&kernel.release))?;
+    run(Command::new("depmod")
+        .arg("-b")
+        .arg(&root)
+        .arg(&kernel.release))?;
     fs::write(&marker, want)?;
     Ok(tree)
 }
@@ -109,7 +126,12 @@ pub struct ImageSpec {
 }
 
 /// Builds the initrd into `dir/initrd`; returns its path and the modules it ships.
-pub fn build_initrd(fx: &Fixture, spec: &ImageSpec, init: &Path, dir: &Path) -> Result<(PathBuf, Vec<String>)> {
+pub fn build_initrd(
+    fx: &Fixture,
+    spec: &ImageSpec,
+    init: &Path,
+    dir: &Path,
+) -> Result<(PathBuf, Vec<String>)> {
     fs::create_dir_all(dir)?;
     let config_path = dir.join("netboot-init.json");
     fs::write(&config_path, serde_json::to_string_pretty(&spec.config)?)?;
@@ -120,7 +142,8 @@ pub fn build_initrd(fx: &Fixture, spec: &ImageSpec, init: &Path, dir: &Path) -> 
         fs::write(&store, &data[..data.len() / 2])?;
     }
     let out = dir.join("initrd");
-    let mut opts = initrd_layout::BuildOptions::new(init, &config_path, &spec.modules_tree, &store, &out);
+    let mut opts =
+        initrd_layout::BuildOptions::new(init, &config_path, &spec.modules_tree, &store, &out);
     opts.keep_module_compression = spec.keep_module_compression;
     opts.compression = initrd_layout::Compression::Zstd { level: 3 };
     if spec.prebuilt_db {
@@ -129,15 +152,22 @@ pub fn build_initrd(fx: &Fixture, spec: &ImageSpec, init: &Path, dir: &Path) -> 
     if spec.shell {
         opts.shell = Some(PathBuf::from(crate::fixture::BUSYBOX_BIN));
     }
-    let report = initrd_layout::build(&opts).with_context(|| format!("initrd-layout build of {}", out.display()))?;
+    let report = initrd_layout::build(&opts)
+        .with_context(|| format!("initrd-layout build of {}", out.display()))?;
     if spec.drop_store {
-        let offset = report.store_archive_offset.context("the initrd has no separate store archive")?;
+        let offset = report
+            .store_archive_offset
+            .context("the initrd has no separate store archive")?;
         let f = fs::OpenOptions::new().write(true).open(&out)?;
         f.set_len(offset)?;
     }
     if let Some(text) = &spec.replace_config {
         let mut a = initrd_layout::cpio::Archive::new();
-        a.add_bytes(netboot_init::config::CONFIG_PATH, 0o644, text.as_bytes().to_vec())?;
+        a.add_bytes(
+            netboot_init::config::CONFIG_PATH,
+            0o644,
+            text.as_bytes().to_vec(),
+        )?;
         let bytes = a.to_bytes(0)?;
         let mut f = fs::OpenOptions::new().append(true).open(&out)?;
         let len = f.metadata()?.len();

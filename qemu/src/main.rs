@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 fn workspace() -> Result<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    Ok(manifest.parent().context("qemu crate has no parent dir")?.to_path_buf())
+    Ok(manifest
+        .parent()
+        .context("qemu crate has no parent dir")?
+        .to_path_buf())
 }
 
 fn main() -> Result<()> {

@@ -15,7 +15,11 @@ use std::time::Duration;
 
 /// The kernel parameters of a command line, without its `init=` (the netboot dir sets that).
 fn params(append: &str) -> Vec<String> {
-    append.split_whitespace().filter(|w| !w.starts_with("init=")).map(str::to_string).collect()
+    append
+        .split_whitespace()
+        .filter(|w| !w.starts_with("init="))
+        .map(str::to_string)
+        .collect()
 }
 
 pub fn ipxe(fx: &Fixture, kernel: &Kernel, initrd: &Path, append: &str, dir: &Path) -> Result<()> {
@@ -29,7 +33,10 @@ pub fn ipxe(fx: &Fixture, kernel: &Kernel, initrd: &Path, append: &str, dir: &Pa
     })
     .context("initrd-layout netboot-dir")?;
     let vm = VmSpec {
-        boot: Boot::Ipxe { dir: out, bootfile: "netboot.ipxe".into() },
+        boot: Boot::Ipxe {
+            dir: out,
+            bootfile: "netboot.ipxe".into(),
+        },
         log: dir.join("console.log"),
         timeout: Duration::from_secs(300),
         allow_reboot: false,
@@ -37,14 +44,28 @@ pub fn ipxe(fx: &Fixture, kernel: &Kernel, initrd: &Path, append: &str, dir: &Pa
         extra: Vec::new(),
     };
     let o = vm::run(&vm, |_, _| Step::Continue)?;
-    if !o.console.contains("iPXE") {
-        bail!("the console shows no iPXE banner (did the VM boot from its NIC?)");
+    // No -kernel was given: a kernel only runs if iPXE fetched it, and its command line is the
+    // one netboot.ipxe passes (with `initrd=initrd` and the expanded, empty `${cmdline}`).
+    let (init, rest) = report
+        .cmdline
+        .split_once(' ')
+        .unwrap_or((report.cmdline.as_str(), ""));
+    let want = format!("Command line: {init} initrd=initrd {rest} ");
+    if !o.console.lines().any(|l| l.ends_with(&want)) {
+        bail!("no kernel started with the command line from netboot.ipxe ({want:?})");
     }
     crate::scenarios::judge_probe_console(&o.console)
         .with_context(|| format!("after iPXE loaded netboot.ipxe ({})", report.cmdline))
 }
 
-pub fn kexec_reboot(ws: &Path, fx: &Fixture, init: &Path, kernel: &Kernel, mut spec: ImageSpec, dir: &Path) -> Result<()> {
+pub fn kexec_reboot(
+    ws: &Path,
+    fx: &Fixture,
+    init: &Path,
+    kernel: &Kernel,
+    mut spec: ImageSpec,
+    dir: &Path,
+) -> Result<()> {
     let _ = ws;
     // The kexec tree arrives on a virtio disk (a squashfs), so the first boot loads virtio_blk.
     spec.config["kernelModules"] = json!(["virtio_blk"]);
@@ -70,25 +91,54 @@ pub fn kexec_reboot(ws: &Path, fx: &Fixture, init: &Path, kernel: &Kernel, mut s
     run(Command::new("mksquashfs")
         .arg(tree_dir.join("kexec-tree"))
         .arg(&disk)
-        .args(["-noappend", "-no-progress", "-quiet", "-all-root", "-comp", "zstd", "-Xcompression-level", "1"]))?;
+        .args([
+            "-noappend",
+            "-no-progress",
+            "-quiet",
+            "-all-root",
+            "-comp",
+            "zstd",
+            "-Xcompression-level",
+            "1",
+        ]))?;
     let first = format!("{base} init={} probe.kexec=/dev/vda {tail}", fx.init());
     let mut vm = VmSpec::direct(kernel.image(), initrd, first, dir.join("console.log"));
     vm.timeout = Duration::from_secs(400);
-    vm.extra = vec!["-drive".into(), format!("file={},format=raw,if=virtio,readonly=on", disk.display())];
+    vm.extra = vec![
+        "-drive".into(),
+        format!("file={},format=raw,if=virtio,readonly=on", disk.display()),
+    ];
     let o = vm::run(&vm, |_, _| Step::Continue)?;
     let boots = o.console.matches("Linux version").count();
     let passes = o.console.matches(probe::ALL_PASSED).count();
     let lines = crate::scenarios::console_lines(&o.console);
-    let failed: Vec<&String> = lines.iter().filter(|l| l.starts_with("probe check ") && l.contains(": FAILED")).collect();
+    let failed: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("probe check ") && l.contains(": FAILED"))
+        .collect();
     if !failed.is_empty() {
-        bail!("{}", failed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "));
+        bail!(
+            "{}",
+            failed
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
     }
     if passes < 1 {
         crate::scenarios::judge_probe_console(&o.console)?;
     }
     if boots < 2 {
-        let why = lines.iter().find(|l| l.starts_with("probe: kexec-boot returned")).cloned().unwrap_or_default();
-        bail!("no second kernel started after kexec-boot ({} boot(s) on the console) {why}", boots);
+        let why = lines
+            .iter()
+            .find(|l| l.starts_with("probe: kexec-boot returned"))
+            .cloned()
+            .unwrap_or_default();
+        bail!(
+            "no second kernel started after kexec-boot ({} boot(s) on the console) {why}",
+            boots
+        );
     }
     if !lines.iter().any(|l| l.starts_with("probe check kexec: ok")) || passes < 2 {
         bail!("the second boot's probe did not report it was started through kexec with all checks passing");

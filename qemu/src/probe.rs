@@ -81,8 +81,13 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -135,9 +140,13 @@ pub fn check_mounts(mounts: &[MountInfo]) -> Result<String, String> {
             Some(_) => {}
         }
     }
-    let ro = mount_at(mounts, "/nix/.ro-store").map(|m| m.source.clone()).unwrap_or_default();
+    let ro = mount_at(mounts, "/nix/.ro-store")
+        .map(|m| m.source.clone())
+        .unwrap_or_default();
     if !ro.starts_with("/dev/loop") {
-        return Err(format!("/nix/.ro-store source is {ro:?} (want a /dev/loopN)"));
+        return Err(format!(
+            "/nix/.ro-store source is {ro:?} (want a /dev/loopN)"
+        ));
     }
     let overlay = mount_at(mounts, "/nix/store").ok_or("no overlay")?;
     let opt = |key: &str| {
@@ -153,7 +162,9 @@ pub fn check_mounts(mounts: &[MountInfo]) -> Result<String, String> {
         ("workdir", "/nix/.rw-store/work"),
     ] {
         match opt(key) {
-            Some(v) if v == want || (v.ends_with(want) && v.len() > want.len() && v.starts_with('/')) => {}
+            Some(v)
+                if v == want
+                    || (v.ends_with(want) && v.len() > want.len() && v.starts_with('/')) => {}
             Some(v) => return Err(format!("overlay {key}={v} (want {want})")),
             None => return Err(format!("overlay has no {key} option")),
         }
@@ -242,11 +253,21 @@ mod tests {
     #[test]
     fn mounts_wrong() {
         let bad = MOUNTINFO.replace("upperdir=/mnt-root/nix/.rw-store/store", "upperdir=/tmp/x");
-        assert!(check_mounts(&parse_mountinfo(&bad)).unwrap_err().contains("upperdir"));
+        assert!(check_mounts(&parse_mountinfo(&bad))
+            .unwrap_err()
+            .contains("upperdir"));
         let bad = MOUNTINFO.replace("- squashfs", "- ext4");
-        assert!(check_mounts(&parse_mountinfo(&bad)).unwrap_err().contains("ext4"));
-        let bad: String = MOUNTINFO.lines().filter(|l| !l.contains("overlay")).map(|l| format!("{l}\n")).collect();
-        assert!(check_mounts(&parse_mountinfo(&bad)).unwrap_err().contains("/nix/store"));
+        assert!(check_mounts(&parse_mountinfo(&bad))
+            .unwrap_err()
+            .contains("ext4"));
+        let bad: String = MOUNTINFO
+            .lines()
+            .filter(|l| !l.contains("overlay"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(check_mounts(&parse_mountinfo(&bad))
+            .unwrap_err()
+            .contains("/nix/store"));
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub mod msg {
     }
     pub const SHELL_DENIED: &str =
         "netboot-init: emergency shell not allowed by the config (failure.emergencyAccess is false)";
-    pub const SHELL_START: &str = "netboot-init: starting emergency shell /bin/sh; the machine reboots when it exits";
+    pub const SHELL_START: &str =
+        "netboot-init: starting emergency shell /bin/sh; the machine reboots when it exits";
     pub const BOOT_FAILED: &str = "netboot-init: boot failed: ";
     pub const PANIC_ASKED: &str = "; panicking as boot.panic_on_fail asks";
     pub const KERNEL_PANIC: &str = "Kernel panic - not syncing";
@@ -101,7 +102,9 @@ impl Line {
     fn matches(&self, l: &str) -> bool {
         match self {
             Line::Exact(s) => l == s,
-            Line::Prefix(p, parts) => l.starts_with(p.as_str()) && parts.iter().all(|x| l.contains(x.as_str())),
+            Line::Prefix(p, parts) => {
+                l.starts_with(p.as_str()) && parts.iter().all(|x| l.contains(x.as_str()))
+            }
         }
     }
     fn describe(&self) -> String {
@@ -189,13 +192,19 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
             Expect::Probe
         }
         "boot-6.1-xz-modules" => {
-            let names = initrd_layout::upstream::needed_modules(&serde_json::from_value(spec.config.clone())?);
+            let names = initrd_layout::upstream::needed_modules(&serde_json::from_value(
+                spec.config.clone(),
+            )?);
             spec.modules_tree = images::xz_module_copy(&env.ws, &env.k61, &names)?;
             spec.keep_module_compression = true;
             Expect::Probe
         }
         "boot-prebuilt-db" => {
-            set(&mut spec.config, &["registration"], json!({"mode": "prebuilt"}));
+            set(
+                &mut spec.config,
+                &["registration"],
+                json!({"mode": "prebuilt"}),
+            );
             spec.prebuilt_db = true;
             Expect::Probe
         }
@@ -243,15 +252,26 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
         "bad-init" => {
             // The profile names the real system, so registration passes and the missing init is
             // what fails.
-            set(&mut spec.config, &["registration", "toplevel"], json!(fx.toplevel));
+            set(
+                &mut spec.config,
+                &["registration", "toplevel"],
+                json!(fx.toplevel),
+            );
             extra = format!("init={MISSING_INIT}");
             Expect::Lines(vec![
-                Line::Prefix(format!("{}stage2-check: ", msg::FAILED), vec![MISSING_INIT.into()]),
+                Line::Prefix(
+                    format!("{}stage2-check: ", msg::FAILED),
+                    vec![MISSING_INIT.into()],
+                ),
                 exact(msg::rebooting(1)),
             ])
         }
         "registration-failure" => {
-            set(&mut spec.config, &["registration", "registrationFile"], json!(format!("{}/probe.json", fx.toplevel)));
+            set(
+                &mut spec.config,
+                &["registration", "registrationFile"],
+                json!(format!("{}/probe.json", fx.toplevel)),
+            );
             Expect::Lines(vec![
                 Line::Prefix(
                     format!(
@@ -267,26 +287,47 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
         "shell-on-fail-denied" => {
             spec.drop_store = true;
             extra = "boot.shell_on_fail".into();
-            Expect::Lines(vec![squashfs_line, exact(msg::SHELL_DENIED), exact(msg::rebooting(1))])
+            Expect::Lines(vec![
+                squashfs_line,
+                exact(msg::SHELL_DENIED),
+                exact(msg::rebooting(1)),
+            ])
         }
         "shell-on-fail-allowed" => {
             spec.drop_store = true;
-            set(&mut spec.config, &["failure", "emergencyAccess"], json!(true));
+            set(
+                &mut spec.config,
+                &["failure", "emergencyAccess"],
+                json!(true),
+            );
             extra = "boot.shell_on_fail".into();
-            Expect::Lines(vec![squashfs_line, exact(msg::SHELL_START), exact(SHELL_ANSWER)])
+            Expect::Lines(vec![
+                squashfs_line,
+                exact(msg::SHELL_START),
+                exact(SHELL_ANSWER),
+            ])
         }
         "panic-on-fail" => {
             spec.drop_store = true;
             extra = "boot.panic_on_fail".into();
             Expect::Lines(vec![
                 squashfs_line,
-                exact(format!("{}{}{}", msg::BOOT_FAILED, msg::SQUASHFS_MISSING, msg::PANIC_ASKED)),
+                exact(format!(
+                    "{}{}{}",
+                    msg::BOOT_FAILED,
+                    msg::SQUASHFS_MISSING,
+                    msg::PANIC_ASKED
+                )),
                 Line::Prefix(msg::KERNEL_PANIC.to_string(), vec![]),
             ])
         }
         "reboot-on-fail" => {
             spec.drop_store = true;
-            set(&mut spec.config, &["failure", "rebootTimeoutSecs"], json!(2));
+            set(
+                &mut spec.config,
+                &["failure", "rebootTimeoutSecs"],
+                json!(2),
+            );
             allow_reboot = true;
             Expect::Lines(vec![squashfs_line, exact(msg::rebooting(2))])
         }
@@ -302,7 +343,11 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
     }
     let mut vm = VmSpec::direct(kernel.image(), initrd, append, dir.join("console.log"));
     vm.allow_reboot = allow_reboot;
-    vm.timeout = Duration::from_secs(if matches!(expect, Expect::Probe) { 240 } else { 120 });
+    vm.timeout = Duration::from_secs(if matches!(expect, Expect::Probe) {
+        240
+    } else {
+        120
+    });
     judge_boot(&vm, &expect, name)
 }
 
@@ -310,7 +355,9 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
 /// shipped length.
 fn truncated_sizes(image: &Path) -> Result<(u64, u64)> {
     let data = std::fs::read(image)?;
-    let sb = data.get(40..48).context("store image shorter than a squashfs superblock")?;
+    let sb = data
+        .get(40..48)
+        .context("store image shorter than a squashfs superblock")?;
     let said = u64::from_le_bytes(sb.try_into()?);
     Ok((said, (data.len() / 2) as u64))
 }
@@ -343,7 +390,7 @@ fn judge_boot(vm: &VmSpec, expect: &Expect, name: &str) -> Result<()> {
                     }
                 }
                 if reboot {
-                    if reboot_seen.is_none() && lines.iter().any(|l| *l == want_reboot) {
+                    if reboot_seen.is_none() && lines.contains(&want_reboot) {
                         reboot_seen = Some(Instant::now());
                     }
                     if let Some(t) = reboot_seen {
@@ -380,9 +427,22 @@ fn judge_lines(console: &str, want: &[Line]) -> Result<()> {
         match lines[at..].iter().position(|l| w.matches(l)) {
             Some(i) => at += i + 1,
             None => {
-                let ours: Vec<&String> = lines.iter().filter(|l| l.starts_with("netboot-init: ")).collect();
-                let last = ours.iter().rev().take(4).rev().map(|s| s.as_str()).collect::<Vec<_>>().join(" | ");
-                bail!("no line {} (in order); last init lines: {last}", w.describe());
+                let ours: Vec<&String> = lines
+                    .iter()
+                    .filter(|l| l.starts_with("netboot-init: "))
+                    .collect();
+                let last = ours
+                    .iter()
+                    .rev()
+                    .take(4)
+                    .rev()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" | ");
+                bail!(
+                    "no line {} (in order); last init lines: {last}",
+                    w.describe()
+                );
             }
         }
     }
@@ -391,13 +451,33 @@ fn judge_lines(console: &str, want: &[Line]) -> Result<()> {
 
 fn judge_probe(console: &str, timed_out: bool) -> Result<()> {
     let lines = console_lines(console);
-    let failed: Vec<&String> = lines.iter().filter(|l| l.starts_with("probe check ") && l.contains(": FAILED")).collect();
+    let failed: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("probe check ") && l.contains(": FAILED"))
+        .collect();
     if !failed.is_empty() {
-        bail!("{}", failed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "));
+        bail!(
+            "{}",
+            failed
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
     }
     if !lines.iter().any(|l| l == probe::ALL_PASSED) {
-        let ours: Vec<&String> = lines.iter().filter(|l| l.starts_with("netboot-init: ")).collect();
-        let last = ours.iter().rev().take(3).rev().map(|s| s.as_str()).collect::<Vec<_>>().join(" | ");
+        let ours: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("netboot-init: "))
+            .collect();
+        let last = ours
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ");
         bail!(
             "the probe did not report `{}`{}; last init lines: {last}",
             probe::ALL_PASSED,
@@ -410,8 +490,23 @@ fn judge_probe(console: &str, timed_out: bool) -> Result<()> {
     Ok(())
 }
 
+/// Rough TCG durations, for scheduling only.
+fn expected_seconds(name: &str) -> u32 {
+    match name {
+        "kexec-reboot" => 70,
+        "boot-6.1" | "boot-6.12" | "boot-6.1-xz-modules" | "ipxe-netboot" => 60,
+        "boot-prebuilt-db" => 50,
+        "bad-config" => 40,
+        _ => 25,
+    }
+}
+
 pub fn run_scenarios(ws: &Path, only: &[String]) -> Result<Vec<ScenarioResult>> {
-    let names: Vec<String> = if only.is_empty() { ALL.iter().map(|s| s.to_string()).collect() } else { only.to_vec() };
+    let names: Vec<String> = if only.is_empty() {
+        ALL.iter().map(|s| s.to_string()).collect()
+    } else {
+        only.to_vec()
+    };
     for n in &names {
         if !ALL.contains(&n.as_str()) {
             bail!("unknown scenario {n:?} (known: {})", ALL.join(" "));
@@ -425,33 +520,47 @@ pub fn run_scenarios(ws: &Path, only: &[String]) -> Result<Vec<ScenarioResult>> 
         k612: Kernel::load(ws, "6.12")?,
         ws: ws.to_path_buf(),
     };
-    let queue = Mutex::new(names.iter().cloned().collect::<VecDeque<_>>());
+    // Longest first, so two workers finish close together.
+    let mut order = names.clone();
+    order.sort_by_key(|n| std::cmp::Reverse(expected_seconds(n)));
+    let queue = Mutex::new(order.into_iter().collect::<VecDeque<_>>());
     let results = Mutex::new(Vec::new());
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..2 {
-            s.spawn(|| loop {
-                let Some(name) = queue.lock().ok().and_then(|mut q| q.pop_front()) else { break };
-                let t = Instant::now();
-                let r = run_one(&env, &name);
-                match &r {
-                    Ok(()) => println!("qemu scenario {name}: ok"),
-                    Err(why) => println!("qemu scenario {name}: FAILED ({why})"),
-                }
-                if let Ok(mut v) = results.lock() {
-                    v.push(ScenarioResult { name, failure: r.err(), seconds: t.elapsed().as_secs_f64() });
+            s.spawn(|| {
+                while let Some(name) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
+                    let t = Instant::now();
+                    let r = run_one(&env, &name);
+                    match &r {
+                        Ok(()) => println!("qemu scenario {name}: ok"),
+                        Err(why) => println!("qemu scenario {name}: FAILED ({why})"),
+                    }
+                    if let Ok(mut v) = results.lock() {
+                        v.push(ScenarioResult {
+                            name,
+                            failure: r.err(),
+                            seconds: t.elapsed().as_secs_f64(),
+                        });
+                    }
                 }
             });
         }
     });
-    let mut results = results.into_inner().map_err(|_| anyhow::anyhow!("a scenario thread panicked"))?;
+    let mut results = results
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a scenario thread panicked"))?;
     results.sort_by_key(|r| names.iter().position(|n| *n == r.name));
     let passed = results.iter().filter(|r| r.passed()).count();
     eprintln!(
         "qemu scenarios: {passed} of {} passed in {:.0} s ({})",
         results.len(),
         start.elapsed().as_secs_f64(),
-        results.iter().map(|r| format!("{} {:.0}s", r.name, r.seconds)).collect::<Vec<_>>().join(", ")
+        results
+            .iter()
+            .map(|r| format!("{} {:.0}s", r.name, r.seconds))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(results)
 }
@@ -473,7 +582,13 @@ pub(crate) fn demo_image(ws: &Path) -> Result<(VmSpec, Fixture)> {
         truncate_store: false,
     };
     let (initrd, modules) = images::build_initrd(&fx, &spec, &bins.init, &dir)?;
-    let env = Env { ws: ws.to_path_buf(), fx: fx.clone(), init: bins.init, k61: k.clone(), k612: k.clone() };
+    let env = Env {
+        ws: ws.to_path_buf(),
+        fx: fx.clone(),
+        init: bins.init,
+        k61: k.clone(),
+        k612: k.clone(),
+    };
     let append = cmdline(&env, &modules, "");
     let mut vm = VmSpec::direct(k.image(), initrd, append, dir.join("console.log"));
     vm.timeout = Duration::from_secs(240);
@@ -492,13 +607,19 @@ mod tests {
     fn strips_timestamps() {
         let l = console_lines("[    1.234567] netboot-init: FAILED: mounts: x\r\nplain\n[bad] x\n");
         assert_eq!(l, ["netboot-init: FAILED: mounts: x", "plain", "[bad] x"]);
-        assert_eq!(kernel_time("[    1.500000] Run /init as init process\n", "Run /init"), Some(1.5));
+        assert_eq!(
+            kernel_time("[    1.500000] Run /init as init process\n", "Run /init"),
+            Some(1.5)
+        );
     }
 
     #[test]
     fn lines_in_order() {
         let c = "[ 1.0] netboot-init: FAILED: mounts: /nix-store.squashfs: ENOENT\n[ 1.1] netboot-init: rebooting in 1 s\n";
-        let failed = Line::Prefix("netboot-init: FAILED: mounts: ".into(), vec!["nix-store.squashfs".into()]);
+        let failed = Line::Prefix(
+            "netboot-init: FAILED: mounts: ".into(),
+            vec!["nix-store.squashfs".into()],
+        );
         judge_lines(c, &[failed.clone(), exact(msg::rebooting(1))]).unwrap();
         assert!(judge_lines(c, &[exact(msg::rebooting(1)), failed]).is_err());
         assert!(judge_lines(c, &[exact(msg::rebooting(2))]).is_err());
@@ -507,7 +628,11 @@ mod tests {
     #[test]
     fn probe_judgement() {
         assert!(judge_probe("stage2-probe: started\nprobe: all checks passed\n", false).is_ok());
-        assert!(judge_probe("stage2-probe: started\nprobe check x: FAILED (y)\nprobe: all checks passed\n", false).is_err());
+        assert!(judge_probe(
+            "stage2-probe: started\nprobe check x: FAILED (y)\nprobe: all checks passed\n",
+            false
+        )
+        .is_err());
         assert!(judge_probe("nothing", true).is_err());
     }
 }

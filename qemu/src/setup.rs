@@ -34,8 +34,14 @@ pub struct KernelSpec {
 }
 
 pub const KERNELS: &[KernelSpec] = &[
-    KernelSpec { dir: "6.1", meta: "linux-image-amd64" },
-    KernelSpec { dir: "6.12", meta: "linux-image-amd64/{codename}-backports" },
+    KernelSpec {
+        dir: "6.1",
+        meta: "linux-image-amd64",
+    },
+    KernelSpec {
+        dir: "6.12",
+        meta: "linux-image-amd64/{codename}-backports",
+    },
 ];
 
 fn log(msg: &str) {
@@ -58,18 +64,29 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String> {
 pub fn setup(ws: &Path) -> Result<()> {
     let codename = os_codename(Path::new("/etc/os-release"))?;
     let sources_d = Path::new("/etc/apt/sources.list.d");
-    let mut need_update = ensure_backports_source(Path::new("/etc/apt/sources.list"), sources_d, &codename)?;
+    let mut need_update =
+        ensure_backports_source(Path::new("/etc/apt/sources.list"), sources_d, &codename)?;
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
-    let missing_bp: Vec<&str> = BACKPORTS_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing_bp: Vec<&str> = BACKPORTS_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     let kernels_root = ws.join("target/netboot/kernels");
-    let kernels_missing = KERNELS.iter().any(|k| !kernel_done(&kernels_root.join(k.dir)));
-    need_update |= (!missing.is_empty() || !missing_bp.is_empty() || kernels_missing) && !lists_have_backports(&codename);
+    let kernels_missing = KERNELS
+        .iter()
+        .any(|k| !kernel_done(&kernels_root.join(k.dir)));
+    need_update |= (!missing.is_empty() || !missing_bp.is_empty() || kernels_missing)
+        && !lists_have_backports(&codename);
     if need_update {
         log("apt-get update");
         run(Command::new("apt-get").args(["update", "-q"]))?;
     }
     if !missing_bp.is_empty() {
-        log(&format!("installing from {codename}-backports: {}", missing_bp.join(" ")));
+        log(&format!(
+            "installing from {codename}-backports: {}",
+            missing_bp.join(" ")
+        ));
         run(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends", "-t"])
             .arg(format!("{codename}-backports"))
@@ -85,8 +102,12 @@ pub fn setup(ws: &Path) -> Result<()> {
     }
     for k in KERNELS {
         let meta = k.meta.replace("{codename}", &codename);
-        fetch_kernel(&kernels_root.join(k.dir), &meta, &ws.join("target/netboot/downloads"))
-            .with_context(|| format!("fetching kernel {meta} into kernels/{}", k.dir))?;
+        fetch_kernel(
+            &kernels_root.join(k.dir),
+            &meta,
+            &ws.join("target/netboot/downloads"),
+        )
+        .with_context(|| format!("fetching kernel {meta} into kernels/{}", k.dir))?;
     }
     log("done");
     Ok(())
@@ -96,7 +117,10 @@ fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+        })
         .unwrap_or(false)
 }
 
@@ -104,15 +128,19 @@ fn lists_have_backports(codename: &str) -> bool {
     let needle = format!("{codename}-backports");
     fs::read_dir("/var/lib/apt/lists")
         .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().contains(&format!("_dists_{needle}_")))
+            d.flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .contains(&format!("_dists_{needle}_"))
+            })
         })
         .unwrap_or(false)
 }
 
 /// `VERSION_CODENAME` from os-release.
 pub fn os_codename(os_release: &Path) -> Result<String> {
-    let text = fs::read_to_string(os_release).with_context(|| format!("reading {}", os_release.display()))?;
+    let text = fs::read_to_string(os_release)
+        .with_context(|| format!("reading {}", os_release.display()))?;
     text.lines()
         .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
         .map(|v| v.trim_matches('"').to_string())
@@ -121,7 +149,11 @@ pub fn os_codename(os_release: &Path) -> Result<String> {
 }
 
 /// Makes sure some apt source carries `<codename>-backports`; returns true when it wrote one.
-pub fn ensure_backports_source(sources_list: &Path, sources_d: &Path, codename: &str) -> Result<bool> {
+pub fn ensure_backports_source(
+    sources_list: &Path,
+    sources_d: &Path,
+    codename: &str,
+) -> Result<bool> {
     let mut texts: Vec<(PathBuf, String)> = Vec::new();
     if let Ok(t) = fs::read_to_string(sources_list) {
         texts.push((sources_list.to_path_buf(), t));
@@ -131,7 +163,10 @@ pub fn ensure_backports_source(sources_list: &Path, sources_d: &Path, codename: 
         .unwrap_or_default();
     entries.sort();
     for p in entries {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name.ends_with(".sources") || name.ends_with(".list") {
             if let Ok(t) = fs::read_to_string(&p) {
                 texts.push((p, t));
@@ -149,7 +184,11 @@ pub fn ensure_backports_source(sources_list: &Path, sources_d: &Path, codename: 
         let deb822 = p.extension().is_some_and(|e| e == "sources");
         if let Some(entry) = derive_backports(t, deb822, codename) {
             let out = sources_d.join(BACKPORTS_FILE);
-            log(&format!("adding {suite} from {} to {}", p.display(), out.display()));
+            log(&format!(
+                "adding {suite} from {} to {}",
+                p.display(),
+                out.display()
+            ));
             fs::write(&out, entry).with_context(|| format!("writing {}", out.display()))?;
             return Ok(true);
         }
@@ -165,7 +204,9 @@ pub fn has_suite(text: &str, deb822: bool, suite: &str) -> bool {
                 && field(s, "Enabled").is_none_or(|v| v != "no")
         })
     } else {
-        text.lines().filter_map(parse_one_line).any(|l| l.suite == suite)
+        text.lines()
+            .filter_map(parse_one_line)
+            .any(|l| l.suite == suite)
     }
 }
 
@@ -200,7 +241,10 @@ fn stanzas(text: &str) -> Vec<Vec<(String, String)>> {
 }
 
 fn field<'a>(stanza: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    stanza.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
+    stanza
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.as_str())
 }
 
 struct OneLine<'a> {
@@ -222,7 +266,12 @@ fn parse_one_line(line: &str) -> Option<OneLine<'_>> {
     let mut words = rest.split_whitespace();
     let uri = words.next()?;
     let suite = words.next()?;
-    Some(OneLine { options, uri, suite, components: words.collect() })
+    Some(OneLine {
+        options,
+        uri,
+        suite,
+        components: words.collect(),
+    })
 }
 
 /// Derives a deb822 backports entry from the first source that carries the plain `codename`
@@ -235,9 +284,14 @@ pub fn derive_backports(text: &str, deb822: bool, codename: &str) -> Option<Stri
                 && field(s, "Suites").is_some_and(|v| v.split_whitespace().any(|x| x == codename))
                 && field(s, "Enabled").is_none_or(|v| v != "no")
         })?;
-        let mut out = String::from("# Derived by netboot-qemu setup from the machine's own apt sources.\nTypes: deb\n");
+        let mut out = String::from(
+            "# Derived by netboot-qemu setup from the machine's own apt sources.\nTypes: deb\n",
+        );
         out.push_str(&format!("URIs: {}\nSuites: {suite}\n", field(&s, "URIs")?));
-        out.push_str(&format!("Components: {}\n", field(&s, "Components").unwrap_or("main")));
+        out.push_str(&format!(
+            "Components: {}\n",
+            field(&s, "Components").unwrap_or("main")
+        ));
         for key in ["Signed-By", "Architectures", "Trusted"] {
             if let Some(v) = field(&s, key) {
                 out.push_str(&format!("{key}: {v}\n"));
@@ -245,12 +299,21 @@ pub fn derive_backports(text: &str, deb822: bool, codename: &str) -> Option<Stri
         }
         Some(out)
     } else {
-        let l = text.lines().filter_map(parse_one_line).find(|l| l.suite == codename)?;
-        let mut out = String::from("# Derived by netboot-qemu setup from the machine's own apt sources.\nTypes: deb\n");
+        let l = text
+            .lines()
+            .filter_map(parse_one_line)
+            .find(|l| l.suite == codename)?;
+        let mut out = String::from(
+            "# Derived by netboot-qemu setup from the machine's own apt sources.\nTypes: deb\n",
+        );
         out.push_str(&format!("URIs: {}\nSuites: {suite}\n", l.uri));
         out.push_str(&format!(
             "Components: {}\n",
-            if l.components.is_empty() { "main".to_string() } else { l.components.join(" ") }
+            if l.components.is_empty() {
+                "main".to_string()
+            } else {
+                l.components.join(" ")
+            }
         ));
         for opt in l.options.unwrap_or("").split_whitespace() {
             if let Some(v) = opt.strip_prefix("signed-by=") {
@@ -297,12 +360,20 @@ fn newest_deb(dir: &Path, prefix: &str) -> Result<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             n.starts_with(&format!("{prefix}_")) && n.ends_with(".deb")
         })
         .collect();
     debs.sort_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
-    debs.pop().with_context(|| format!("apt-get download left no {prefix}_*.deb in {}", dir.display()))
+    debs.pop().with_context(|| {
+        format!(
+            "apt-get download left no {prefix}_*.deb in {}",
+            dir.display()
+        )
+    })
 }
 
 /// Downloads the meta package, its image dependency, unpacks it into `dest`, writes `version`,
@@ -316,26 +387,44 @@ pub fn fetch_kernel(dest: &Path, meta: &str, downloads: &Path) -> Result<()> {
     }
     fs::create_dir_all(downloads)?;
     log(&format!("apt-get download {meta}"));
-    run(Command::new("apt-get").args(["download", "-q", meta]).current_dir(downloads))?;
+    run(Command::new("apt-get")
+        .args(["download", "-q", meta])
+        .current_dir(downloads))?;
     let meta_name = meta.split('/').next().unwrap_or(meta);
     let meta_deb = newest_deb(downloads, meta_name)?;
-    let depends = run(Command::new("dpkg-deb").arg("-f").arg(&meta_deb).arg("Depends"))?;
-    let (image, version) =
-        image_dependency(&depends).with_context(|| format!("{} depends on no linux-image-*: {depends}", meta_deb.display()))?;
+    let depends = run(Command::new("dpkg-deb")
+        .arg("-f")
+        .arg(&meta_deb)
+        .arg("Depends"))?;
+    let (image, version) = image_dependency(&depends).with_context(|| {
+        format!(
+            "{} depends on no linux-image-*: {depends}",
+            meta_deb.display()
+        )
+    })?;
     let spec = match &version {
         Some(v) => format!("{image}={v}"),
         None => image.clone(),
     };
     log(&format!("apt-get download {spec}"));
-    run(Command::new("apt-get").args(["download", "-q", &spec]).current_dir(downloads))?;
+    run(Command::new("apt-get")
+        .args(["download", "-q", &spec])
+        .current_dir(downloads))?;
     let image_deb = newest_deb(downloads, &image)?;
     if dest.exists() {
         fs::remove_dir_all(dest)?;
     }
     fs::create_dir_all(dest)?;
-    log(&format!("unpacking {} into {}", image_deb.display(), dest.display()));
+    log(&format!(
+        "unpacking {} into {}",
+        image_deb.display(),
+        dest.display()
+    ));
     run(Command::new("dpkg-deb").arg("-x").arg(&image_deb).arg(dest))?;
-    let release = image.strip_prefix("linux-image-").unwrap_or(&image).to_string();
+    let release = image
+        .strip_prefix("linux-image-")
+        .unwrap_or(&image)
+        .to_string();
     let mod_dir = dest.join("lib/modules").join(&release);
     if !mod_dir.is_dir() {
         bail!("{} has no lib/modules/{release}", image_deb.display());
@@ -345,7 +434,10 @@ pub fn fetch_kernel(dest: &Path, meta: &str, downloads: &Path) -> Result<()> {
     if !kernel_done(dest) {
         bail!("{} is incomplete after unpacking", dest.display());
     }
-    fs::write(dest.join(MARKER), format!("{image} {}\n", version.unwrap_or_default()))?;
+    fs::write(
+        dest.join(MARKER),
+        format!("{image} {}\n", version.unwrap_or_default()),
+    )?;
     Ok(())
 }
 
@@ -376,7 +468,11 @@ mod tests {
         assert!(d.contains("Signed-By: /k.gpg\n"));
         assert!(d.contains("Architectures: amd64\n"));
         assert!(!has_suite(t, false, "bookworm-backports"));
-        assert!(has_suite("deb http://x bookworm-backports main\n", false, "bookworm-backports"));
+        assert!(has_suite(
+            "deb http://x bookworm-backports main\n",
+            false,
+            "bookworm-backports"
+        ));
     }
 
     #[test]
@@ -394,7 +490,10 @@ mod tests {
     fn depends_parsing() {
         assert_eq!(
             image_dependency("linux-image-6.1.0-56-amd64 (= 6.1.158-1)"),
-            Some(("linux-image-6.1.0-56-amd64".into(), Some("6.1.158-1".into())))
+            Some((
+                "linux-image-6.1.0-56-amd64".into(),
+                Some("6.1.158-1".into())
+            ))
         );
         assert_eq!(
             image_dependency("foo, linux-image-6.12.95+deb12-amd64"),

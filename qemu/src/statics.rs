@@ -18,14 +18,20 @@ pub fn build_static(ws: &Path) -> Result<StaticBins> {
         .args(["-p", "netboot-init", "--bin", "netboot-init"])
         .args(["-p", "netboot-qemu", "--bin", "stage2-probe"])
         .env("CARGO_TARGET_DIR", ws.join("target"))
-        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static")
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        )
         .status()
         .context("running cargo build")?;
     if !status.success() {
         bail!("cargo build --release --target {TARGET} failed ({status})");
     }
     let dir = ws.join("target").join(TARGET).join("release");
-    let bins = StaticBins { init: dir.join("netboot-init"), probe: dir.join("stage2-probe") };
+    let bins = StaticBins {
+        init: dir.join("netboot-init"),
+        probe: dir.join("stage2-probe"),
+    };
     for b in [&bins.init, &bins.probe] {
         crate::elf::ensure_static(b)?;
     }

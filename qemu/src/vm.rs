@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub enum Boot {
     /// `-kernel/-initrd/-append`.
-    Direct { kernel: PathBuf, initrd: PathBuf, append: String },
+    Direct {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+    },
     /// The NIC's iPXE ROM over user-mode networking with QEMU's TFTP server on `dir`.
     Ipxe { dir: PathBuf, bootfile: String },
 }
@@ -34,7 +38,11 @@ pub struct VmSpec {
 impl VmSpec {
     pub fn direct(kernel: PathBuf, initrd: PathBuf, append: String, log: PathBuf) -> VmSpec {
         VmSpec {
-            boot: Boot::Direct { kernel, initrd, append },
+            boot: Boot::Direct {
+                kernel,
+                initrd,
+                append,
+            },
             log,
             timeout: Duration::from_secs(120),
             allow_reboot: false,
@@ -61,7 +69,10 @@ pub struct Console {
 impl Console {
     pub fn send(&mut self, text: &str) -> Result<()> {
         if self.socket.is_none() {
-            self.socket = Some(UnixStream::connect(&self.path).with_context(|| format!("connecting {}", self.path.display()))?);
+            self.socket = Some(
+                UnixStream::connect(&self.path)
+                    .with_context(|| format!("connecting {}", self.path.display()))?,
+            );
         }
         let s = self.socket.as_mut().context("no console socket")?;
         s.write_all(text.as_bytes())?;
@@ -85,7 +96,14 @@ pub fn kvm_requested() -> bool {
 
 fn command(spec: &VmSpec, socket: &std::path::Path) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none"]);
+    c.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+    ]);
     if kvm_requested() {
         c.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
@@ -102,17 +120,31 @@ fn command(spec: &VmSpec, socket: &std::path::Path) -> Command {
         c.arg("-no-reboot");
     }
     match &spec.boot {
-        Boot::Direct { kernel, initrd, append } => {
-            c.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).arg("-append").arg(append);
+        Boot::Direct {
+            kernel,
+            initrd,
+            append,
+        } => {
+            c.arg("-kernel")
+                .arg(kernel)
+                .arg("-initrd")
+                .arg(initrd)
+                .arg("-append")
+                .arg(append);
         }
         Boot::Ipxe { dir, bootfile } => {
             c.arg("-netdev")
-                .arg(format!("user,id=n0,tftp={},bootfile={bootfile}", dir.display()))
+                .arg(format!(
+                    "user,id=n0,tftp={},bootfile={bootfile}",
+                    dir.display()
+                ))
                 .args(["-device", "virtio-net-pci,netdev=n0", "-boot", "n"]);
         }
     }
     c.args(&spec.extra);
-    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     c
 }
 
@@ -131,12 +163,18 @@ pub fn run(spec: &VmSpec, mut watch: impl FnMut(&str, &mut Console) -> Step) -> 
         std::fs::create_dir_all(p)?;
     }
     let start = Instant::now();
-    let mut child = command(spec, &socket).spawn().context("starting qemu-system-x86_64")?;
-    let mut console = Console { socket: None, path: socket.clone() };
+    let mut child = command(spec, &socket)
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let mut console = Console {
+        socket: None,
+        path: socket.clone(),
+    };
     let (mut exited, mut timed_out) = (false, false);
     loop {
         std::thread::sleep(Duration::from_millis(100));
-        let text = String::from_utf8_lossy(&std::fs::read(&spec.log).unwrap_or_default()).into_owned();
+        let text =
+            String::from_utf8_lossy(&std::fs::read(&spec.log).unwrap_or_default()).into_owned();
         if let Some(status) = child.try_wait()? {
             exited = true;
             if !status.success() {
@@ -162,6 +200,12 @@ pub fn run(spec: &VmSpec, mut watch: impl FnMut(&str, &mut Console) -> Step) -> 
         }
     }
     let _ = std::fs::remove_file(&socket);
-    let console = String::from_utf8_lossy(&std::fs::read(&spec.log).unwrap_or_default()).into_owned();
-    Ok(Outcome { console, exited, timed_out, elapsed: start.elapsed() })
+    let console =
+        String::from_utf8_lossy(&std::fs::read(&spec.log).unwrap_or_default()).into_owned();
+    Ok(Outcome {
+        console,
+        exited,
+        timed_out,
+        elapsed: start.elapsed(),
+    })
 }

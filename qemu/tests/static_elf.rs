@@ -12,7 +12,12 @@ fn built_binaries_are_static() {
         let data = std::fs::read(b).unwrap();
         let info = elf::inspect(&data).unwrap();
         assert_eq!(info.interpreter, None, "{} has an interpreter", b.display());
-        assert!(info.needed.is_empty(), "{} needs {:?}", b.display(), info.needed);
+        assert!(
+            info.needed.is_empty(),
+            "{} needs {:?}",
+            b.display(),
+            info.needed
+        );
         let size = data.len();
         assert!(size < 8 << 20, "{} is {size} bytes", b.display());
     }

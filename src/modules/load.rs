@@ -514,9 +514,21 @@ mod tests {
         ];
         let concurrent = AtomicUsize::new(0);
         let peak = AtomicUsize::new(0);
+        let trio_started = AtomicUsize::new(0);
         let out = Dag::new(&entries).run(4, |i, w| {
             let now = concurrent.fetch_add(1, Ordering::SeqCst) + 1;
             peak.fetch_max(now, Ordering::SeqCst);
+            if i < 3 {
+                // a, b and c wait for each other (bounded, so a sequential scheduler fails
+                // the peak check below instead of hanging): no timing luck involved.
+                trio_started.fetch_add(1, Ordering::SeqCst);
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while trio_started.load(Ordering::SeqCst) < 3
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
             let l = fake_load(&entries[i].name, w);
             concurrent.fetch_sub(1, Ordering::SeqCst);
             Ok(l)

@@ -16,7 +16,8 @@ fn main() {
     if let Ok(mut k) = fs::OpenOptions::new().write(true).open("/dev/kmsg") {
         let _ = writeln!(k, "<6>{}", probe::STARTED);
     }
-    let mut console: Box<dyn Write> = match fs::OpenOptions::new().write(true).open("/dev/console") {
+    let mut console: Box<dyn Write> = match fs::OpenOptions::new().write(true).open("/dev/console")
+    {
         Ok(f) => Box::new(f),
         Err(_) => Box::new(std::io::stdout()),
     };
@@ -25,7 +26,10 @@ fn main() {
     let cmdline_text = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let cmdline = ProbeCmdline::parse(&cmdline_text);
     let argv0 = args.first().cloned().unwrap_or_default();
-    let toplevel = Path::new(&argv0).parent().map(Path::to_path_buf).unwrap_or_default();
+    let toplevel = Path::new(&argv0)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let config: Result<ProbeConfig, String> = fs::read_to_string(toplevel.join("probe.json"))
         .map_err(|e| format!("{}: {e}", toplevel.join("probe.json").display()))
         .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("probe.json: {e}")));
@@ -47,12 +51,20 @@ fn main() {
     match &config {
         Ok(c) => {
             report(&mut console, "nix-verify", check_nix_verify(&c.nix_store));
-            report(&mut console, "nix-query", check_nix_query(&c.nix_store, &toplevel));
+            report(
+                &mut console,
+                "nix-query",
+                check_nix_query(&c.nix_store, &toplevel),
+            );
         }
         Err(e) => report(&mut console, "probe-config", Err(e.clone())),
     }
     report(&mut console, "modules", check_modules(&cmdline.modules));
-    report(&mut console, "init-args", check_args(&args, &cmdline.init_args));
+    report(
+        &mut console,
+        "init-args",
+        check_args(&args, &cmdline.init_args),
+    );
     report(&mut console, "environment", probe::check_env(&vars));
     report(&mut console, "store-write", check_store_write());
     report(
@@ -63,7 +75,14 @@ fn main() {
             .and_then(|t| probe::check_timeline(&t)),
     );
     if cmdline.via_kexec {
-        report(&mut console, "kexec", Ok(format!("started through kexec ({})", probe::VIA_KEXEC_PARAM)));
+        report(
+            &mut console,
+            "kexec",
+            Ok(format!(
+                "started through kexec ({})",
+                probe::VIA_KEXEC_PARAM
+            )),
+        );
     }
     if failed == 0 {
         let _ = writeln!(console, "{}", probe::ALL_PASSED);
@@ -98,15 +117,21 @@ fn check_pid1() -> Check {
 }
 
 fn check_mounts() -> Check {
-    let text = fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    let text = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
     probe::check_mounts(&probe::parse_mountinfo(&text))
 }
 
 fn check_initramfs_gone() -> Check {
-    let left: Vec<&str> = ["/init", "/nix-store.squashfs", "/etc/netboot-init.json", "/mnt-root"]
-        .into_iter()
-        .filter(|p| fs::symlink_metadata(p).is_ok())
-        .collect();
+    let left: Vec<&str> = [
+        "/init",
+        "/nix-store.squashfs",
+        "/etc/netboot-init.json",
+        "/mnt-root",
+    ]
+    .into_iter()
+    .filter(|p| fs::symlink_metadata(p).is_ok())
+    .collect();
     if left.is_empty() {
         Ok(String::new())
     } else {
@@ -115,31 +140,51 @@ fn check_initramfs_gone() -> Check {
 }
 
 fn exists(path: &str) -> Check {
-    fs::symlink_metadata(path).map(|_| String::new()).map_err(|e| format!("{path}: {e}"))
+    fs::symlink_metadata(path)
+        .map(|_| String::new())
+        .map_err(|e| format!("{path}: {e}"))
 }
 
 fn check_profile(toplevel: &Path) -> Check {
     let profiles = Path::new("/nix/var/nix/profiles");
     let l1 = fs::read_link(profiles.join("system")).map_err(|e| format!("profiles/system: {e}"))?;
     if l1 != Path::new("system-1-link") && l1 != profiles.join("system-1-link") {
-        return Err(format!("profiles/system -> {} (want system-1-link)", l1.display()));
+        return Err(format!(
+            "profiles/system -> {} (want system-1-link)",
+            l1.display()
+        ));
     }
-    let l2 = fs::read_link(profiles.join("system-1-link")).map_err(|e| format!("profiles/system-1-link: {e}"))?;
+    let l2 = fs::read_link(profiles.join("system-1-link"))
+        .map_err(|e| format!("profiles/system-1-link: {e}"))?;
     if l2 != toplevel {
-        return Err(format!("system-1-link -> {} (want {})", l2.display(), toplevel.display()));
+        return Err(format!(
+            "system-1-link -> {} (want {})",
+            l2.display(),
+            toplevel.display()
+        ));
     }
     Ok(format!("system -> system-1-link -> {}", l2.display()))
 }
 
 fn run(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.env_clear().env("HOME", "/").env("USER", "root").output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let out = cmd
+        .env_clear()
+        .env("HOME", "/")
+        .env("USER", "root")
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if out.status.success() {
         Ok(text)
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(3).collect();
-        Err(format!("{:?} exited with {}: {}", cmd.get_program(), out.status, tail.join(" / ")))
+        Err(format!(
+            "{:?} exited with {}: {}",
+            cmd.get_program(),
+            out.status,
+            tail.join(" / ")
+        ))
     }
 }
 
@@ -149,14 +194,22 @@ fn check_nix_verify(nix_store: &str) -> Check {
 }
 
 fn check_nix_query(nix_store: &str, toplevel: &Path) -> Check {
-    let hash = run(Command::new(nix_store).arg("-q").arg("--hash").arg(toplevel))?;
+    let hash = run(Command::new(nix_store)
+        .arg("-q")
+        .arg("--hash")
+        .arg(toplevel))?;
     if !hash.starts_with("sha256:") {
         return Err(format!("unexpected hash {hash:?}"));
     }
-    let count = run(Command::new(nix_store).args(["-q", "--requisites"]).arg(toplevel))?
-        .lines()
-        .count();
-    Ok(format!("{} {hash}, closure {count} paths", toplevel.display()))
+    let count = run(Command::new(nix_store)
+        .args(["-q", "--requisites"])
+        .arg(toplevel))?
+    .lines()
+    .count();
+    Ok(format!(
+        "{} {hash}, closure {count} paths",
+        toplevel.display()
+    ))
 }
 
 fn check_modules(want: &[String]) -> Check {
@@ -165,7 +218,11 @@ fn check_modules(want: &[String]) -> Check {
     }
     let text = fs::read_to_string("/proc/modules").map_err(|e| format!("/proc/modules: {e}"))?;
     let have = probe::parse_proc_modules(&text);
-    let missing: Vec<&str> = want.iter().filter(|m| !have.contains(m)).map(String::as_str).collect();
+    let missing: Vec<&str> = want
+        .iter()
+        .filter(|m| !have.contains(m))
+        .map(String::as_str)
+        .collect();
     if missing.is_empty() {
         Ok(want.join(","))
     } else {
@@ -191,7 +248,9 @@ fn check_store_write() -> Check {
     fs::write(&path, b"written by the probe\n").map_err(|e| format!("{}: {e}", path.display()))?;
     let upper = PathBuf::from("/nix/.rw-store/store").join(&name);
     let r = match fs::read(&upper) {
-        Ok(b) if b == b"written by the probe\n" => Ok(format!("{} landed in {}", path.display(), upper.display())),
+        Ok(b) if b == b"written by the probe\n" => {
+            Ok(format!("{} landed in {}", path.display(), upper.display()))
+        }
         Ok(_) => Err(format!("{} has other content", upper.display())),
         Err(e) => Err(format!("{}: {e}", upper.display())),
     };
@@ -212,10 +271,19 @@ fn run_kexec(device: &str, c: &ProbeConfig) -> Result<(), String> {
     let (src, target, fstype) = (cstr(device)?, cstr(dir)?, cstr("squashfs")?);
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), libc::MS_RDONLY, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_RDONLY,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
-        return Err(format!("mount {device} on {dir}: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "mount {device} on {dir}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     let status = Command::new(format!("{busybox}/bin/sh"))
         .arg(format!("{dir}/kexec-boot"))
