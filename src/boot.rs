@@ -73,6 +73,10 @@ pub fn run<S: Sys>(sys: &S, paths: &Paths, kernel_args: &[String]) -> Outcome {
     match sequence(sys, paths, kernel_args, &mut policy, &mut timeline) {
         Ok(init) => Outcome::HandedOff { init },
         Err(PhaseError { phase, error }) => {
+            // Kept for the emergency shell and for the logs; a failed boot is worth a look.
+            if timeline.write(&paths.run).is_ok() {
+                log::debug!("{LOG_TAG}{}", timeline.to_log_json());
+            }
             let action = failure::fail(sys, &policy.cmdline, &policy.failure, &phase, &error);
             Outcome::Failed { phase, action }
         }
@@ -142,7 +146,7 @@ fn sequence<S: Sys>(
     let _ = mounted;
     timeline.kernel_release = sys.kernel_release();
 
-    let (cmdline, config) = phase(
+    let (config, init) = phase(
         timeline,
         "config",
         || {
@@ -152,44 +156,38 @@ fn sequence<S: Sys>(
                     paths.cmdline.display()
                 )
             })?;
-            let cmdline = Cmdline::parse(&text);
+            policy.cmdline = Cmdline::parse(&text);
+            apply_log_level(&policy.cmdline);
+            for problem in &policy.cmdline.problems {
+                log::warn!("kernel command line: {problem}");
+            }
+            remember_policy(&policy.cmdline, &policy.failure);
             let config = Config::load(&paths.config)
-                .with_context(|| format!("config {}", paths.config.display()));
-            Ok((cmdline, config))
+                .with_context(|| format!("config {}", paths.config.display()))?;
+            policy.failure = config.failure.clone();
+            remember_policy(&policy.cmdline, &policy.failure);
+            let init = policy
+                .cmdline
+                .init
+                .clone()
+                .or_else(|| config.init.clone())
+                .context(
+                    "no stage-2 init: the kernel command line has no init= and the config no init",
+                )?;
+            Ok((config, init))
         },
-        |_| "read the kernel command line",
+        |(config, init)| {
+            format!(
+                "{} file systems, registration {}, stage 2 {init}",
+                config.file_systems.len(),
+                serde_json::to_value(config.registration.mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            )
+        },
     )?;
-    apply_log_level(&cmdline);
-    for problem in &cmdline.problems {
-        log::warn!("kernel command line: {problem}");
-    }
-    policy.cmdline = cmdline.clone();
-    let config = config.map_err(|error| PhaseError {
-        phase: "config".into(),
-        error,
-    })?;
-    policy.failure = config.failure.clone();
-    remember_policy(&policy.cmdline, &policy.failure);
-    log::info!(
-        "config {}: {} file systems, registration {}",
-        paths.config.display(),
-        config.file_systems.len(),
-        serde_json::to_value(config.registration.mode)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default()
-    );
-
-    let init = cmdline
-        .init
-        .clone()
-        .or_else(|| config.init.clone())
-        .ok_or_else(|| PhaseError {
-            phase: "config".into(),
-            error: anyhow::anyhow!(
-                "no stage-2 init: the kernel command line has no init= and the config no init"
-            ),
-        })?;
+    let cmdline = policy.cmdline.clone();
 
     debug_shell(sys, &cmdline, &config, cmdline.debug1, "boot.debug1");
 
