@@ -360,3 +360,19 @@ fn debug_shells_open_only_when_the_config_allows() {
         3
     );
 }
+
+#[test]
+fn a_failed_boot_still_leaves_its_timeline() {
+    let initrd = Initrd::new(&default_cmdline(), |_| {});
+    let fake = Fake::new();
+    fake.fail_on("mount overlay", Errno::EINVAL);
+    initrd.boot(&fake);
+    let text =
+        std::fs::read_to_string(initrd.root().join("run/netboot-init/timeline.json")).unwrap();
+    let timeline: crate::timeline::Timeline = serde_json::from_str(&text).unwrap();
+    let last = timeline.phases.last().unwrap();
+    assert_eq!(last.name, "mounts");
+    assert!(!last.ok);
+    assert!(last.summary.contains("EINVAL"), "{}", last.summary);
+    assert_eq!(timeline.handoff_us, None);
+}
