@@ -53,13 +53,25 @@ pub fn timing_table(t: &Timeline, console: &str) -> String {
         "phase", "start", "duration", "summary"
     ));
     for p in &t.phases {
+        // Long summaries may be left out of the record; the phase's own log line has them.
+        let logged = format!("netboot-init: {} done in ", p.name);
+        let from_log = scenarios::console_lines(console).into_iter().find_map(|l| {
+            l.strip_prefix(&logged)
+                .and_then(|r| r.split_once(": "))
+                .map(|(_, s)| s.to_string())
+        });
+        let summary = if p.summary.is_empty() {
+            from_log.unwrap_or_default()
+        } else {
+            p.summary.clone()
+        };
         s.push_str(&format!(
             "  {:<14} {:>12} {:>12}  {}{}\n",
             p.name,
             ms(p.start_us.saturating_sub(t.init_start_us)),
             ms(p.duration_us()),
             if p.ok { "" } else { "FAILED " },
-            p.summary
+            summary
         ));
     }
     if let Some(h) = t.handoff_us {
@@ -80,4 +92,24 @@ pub fn timing_table(t: &Timeline, console: &str) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_from_a_console() {
+        let console = "[    1.000000] Run /init as init process\n\
+             [    1.100000] netboot-init: modules done in 5.00 ms: loaded 3 modules\n\
+             [    1.200000] netboot-init: timeline {\"version\":1,\"clock\":\"monotonic\",\"kernelRelease\":\"6.1.0-56-amd64\",\"initStartUs\":1000000,\"phases\":[{\"name\":\"modules\",\"startUs\":1010000,\"endUs\":1015000,\"ok\":true,\"summary\":\"\"}],\"handoffUs\":1190000}\n\
+             [    1.250000] stage2-probe: started\n";
+        let t = Timeline::from_log(console).unwrap();
+        let table = timing_table(&t, console);
+        assert!(table.contains("modules"), "{table}");
+        assert!(table.contains("10.00 ms"), "{table}");
+        assert!(table.contains("5.00 ms  loaded 3 modules"), "{table}");
+        assert!(table.contains("190.00 ms"), "{table}");
+        assert!(table.contains("250.00 ms"), "{table}");
+    }
 }
