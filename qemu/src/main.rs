@@ -1,4 +1,4 @@
-//! Development entry point: `netboot-qemu setup|build|scenarios [NAME...]|demo`.
+//! Development entry point: `netboot-qemu setup|build|scenarios [NAME...]|demo|fetch-kernel`.
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -30,6 +30,12 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("demo") => netboot_qemu::demo(&ws),
-        _ => bail!("usage: netboot-qemu setup|build|scenarios [NAME...]|demo"),
+        // Another kernel, e.g. `fetch-kernel /tmp/k linux-image-amd64/bookworm-backports`.
+        Some("fetch-kernel") if args.len() == 3 => netboot_qemu::setup::fetch_kernel(
+            std::path::Path::new(&args[1]),
+            &args[2],
+            &std::path::PathBuf::from(format!("{}.downloads", args[1].trim_end_matches('/'))),
+        ),
+        _ => bail!("usage: netboot-qemu setup|build|scenarios [NAME...]|demo|fetch-kernel DEST META-PACKAGE"),
     }
 }

@@ -385,6 +385,13 @@ pub fn fetch_kernel(dest: &Path, meta: &str, downloads: &Path) -> Result<()> {
         }
         return Ok(());
     }
+    if downloads.starts_with(dest) {
+        bail!(
+            "the download directory {} must not be inside {}, which is replaced",
+            downloads.display(),
+            dest.display()
+        );
+    }
     fs::create_dir_all(downloads)?;
     log(&format!("apt-get download {meta}"));
     run(Command::new("apt-get")

@@ -60,7 +60,7 @@ fn scenarios_only(ws: &Path, names: &[String]) -> Result<()> {
     netboot_qemu::setup(ws)?;
     netboot_qemu::build_static(ws)?;
     let results = netboot_qemu::run_scenarios(ws, names)?;
-    let failed = results.iter().filter(|r| !r.ok).count();
+    let failed = results.iter().filter(|r| !r.passed()).count();
     println!("{} passed, {} failed", results.len() - failed, failed);
     if failed > 0 {
         bail!("{failed} scenarios failed");
@@ -213,7 +213,7 @@ fn test(ws: &Path) -> ExitCode {
             for r in results {
                 note(
                     &format!("qemu scenario {}", r.name),
-                    Tally::one(r.ok),
+                    Tally::one(r.passed()),
                     &mut failures,
                 );
             }
