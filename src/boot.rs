@@ -118,7 +118,7 @@ fn sequence<S: Sys>(
     policy: &mut Policy,
     timeline: &mut Timeline,
 ) -> Result<String, PhaseError> {
-    let mounted = phase(
+    let (_, kmsg_limit) = phase(
         timeline,
         "frame",
         || {
@@ -129,10 +129,9 @@ fn sequence<S: Sys>(
                     paths.kmsg.display()
                 );
             }
-            frame::unlimit_kmsg(sys, &paths.root);
-            Ok(mounted)
+            Ok((mounted, frame::unlimit_kmsg(sys, &paths.root)))
         },
-        |m| {
+        |(m, _)| {
             format!(
                 "mounted {}",
                 if m.is_empty() {
@@ -143,14 +142,18 @@ fn sequence<S: Sys>(
             )
         },
     )?;
-    let _ = mounted;
     timeline.kernel_release = sys.kernel_release();
 
     let (config, init) = phase(
         timeline,
         "config",
         || {
-            let text = std::fs::read_to_string(&paths.cmdline).with_context(|| {
+            // Lossy: one stray byte in a parameter the init does not read must not stop it.
+            let text = crate::sys::read_text_limited(
+                &paths.cmdline,
+                crate::cmdline::MAX_CMDLINE_BYTES as u64,
+            )
+            .with_context(|| {
                 format!(
                     "reading the kernel command line {}",
                     paths.cmdline.display()
@@ -162,8 +165,15 @@ fn sequence<S: Sys>(
                 log::warn!("kernel command line: {problem}");
             }
             remember_policy(&policy.cmdline, &policy.failure);
-            let config = Config::load(&paths.config)
-                .with_context(|| format!("config {}", paths.config.display()))?;
+            let file = paths.config.display().to_string();
+            let config = Config::load(&paths.config).map_err(|e| {
+                // File errors name the file already; field errors get it added.
+                if e.path == file {
+                    anyhow::Error::new(e).context("config")
+                } else {
+                    anyhow::Error::new(e).context(format!("config {file}"))
+                }
+            })?;
             policy.failure = config.failure.clone();
             remember_policy(&policy.cmdline, &policy.failure);
             let init = policy
@@ -189,7 +199,7 @@ fn sequence<S: Sys>(
     )?;
     let cmdline = policy.cmdline.clone();
 
-    debug_shell(sys, &cmdline, &config, cmdline.debug1, "boot.debug1");
+    debug_shell(sys, &config, cmdline.debug1, "boot.debug1");
 
     let release = timeline.kernel_release.clone();
     let modules_dir = paths
@@ -202,13 +212,7 @@ fn sequence<S: Sys>(
         || modules::load_for_boot(sys, &config, &cmdline, &modules_dir, &release),
         |report| report.to_string(),
     )?;
-    debug_shell(
-        sys,
-        &cmdline,
-        &config,
-        cmdline.debug1devices,
-        "boot.debug1devices",
-    );
+    debug_shell(sys, &config, cmdline.debug1devices, "boot.debug1devices");
 
     phase(
         timeline,
@@ -216,13 +220,7 @@ fn sequence<S: Sys>(
         || mounts::mount_all(sys, &config, &paths.root, &paths.mountinfo),
         |report| report.to_string(),
     )?;
-    debug_shell(
-        sys,
-        &cmdline,
-        &config,
-        cmdline.debug1mounts,
-        "boot.debug1mounts",
-    );
+    debug_shell(sys, &config, cmdline.debug1mounts, "boot.debug1mounts");
 
     phase(
         timeline,
@@ -258,6 +256,10 @@ fn sequence<S: Sys>(
         )
     );
 
+    // Stage 2 gets the kernel's rate limit back; the line or two the hand-off still logs fit
+    // in its burst of ten.
+    frame::restore_kmsg_limit(sys, &paths.root, kmsg_limit.as_deref());
+
     let stage2 = Stage2 {
         init: init.clone(),
         args: kernel_args.to_vec(),
@@ -281,8 +283,7 @@ fn apply_log_level(cmdline: &Cmdline) {
 }
 
 /// `boot.debug1*`: a shell at that point of the boot, if the config allows one.
-fn debug_shell<S: Sys>(sys: &S, cmdline: &Cmdline, config: &Config, asked: bool, param: &str) {
-    let _ = cmdline;
+fn debug_shell<S: Sys>(sys: &S, config: &Config, asked: bool, param: &str) {
     if !asked {
         return;
     }
@@ -308,9 +309,7 @@ fn debug_shell<S: Sys>(sys: &S, cmdline: &Cmdline, config: &Config, asked: bool,
 static PANIC_POLICY: std::sync::Mutex<Option<(Cmdline, Failure)>> = std::sync::Mutex::new(None);
 
 fn remember_policy(cmdline: &Cmdline, failure: &Failure) {
-    if let Ok(mut slot) = PANIC_POLICY.lock() {
-        *slot = Some((cmdline.clone(), failure.clone()));
-    }
+    *crate::sys::lock(&PANIC_POLICY) = Some((cmdline.clone(), failure.clone()));
 }
 
 /// PID 1's entry point: sets up logging, the panic hook and the reaper, then boots.
@@ -318,11 +317,9 @@ pub fn pid1_main(args: &[String]) -> ! {
     crate::logging::init(log::LevelFilter::Info);
     std::panic::set_hook(Box::new(|info| {
         let error = anyhow::anyhow!("internal error: {info}");
-        let (cmdline, failure) = PANIC_POLICY
-            .lock()
-            .ok()
-            .and_then(|slot| slot.clone())
-            .unwrap_or_default();
+        // A clone, so the lock is not held while the policy runs (it may never return).
+        let policy = crate::sys::lock(&PANIC_POLICY).clone();
+        let (cmdline, failure) = policy.unwrap_or_default();
         failure::fail(&crate::sys::Real, &cmdline, &failure, "init", &error);
         park_forever();
     }));

@@ -133,12 +133,12 @@ impl FailureOps for Real {
             .env("PATH", "/bin:/sbin")
             .env("PS1", "netboot-init# ");
         let mut child = crate::frame::reaper::spawn_owned(&mut command)
-            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)))?;
+            .map_err(|e| crate::sys::io_errno(&e))?;
         let status = child.wait();
         crate::frame::reaper::release(child.id());
         status
             .map(|s| s.code().unwrap_or(128))
-            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)))
+            .map_err(|e| crate::sys::io_errno(&e))
     }
 
     fn sleep_secs(&self, secs: u32) {

@@ -83,33 +83,23 @@ pub fn api_mounts() -> Vec<ApiMount> {
     ]
 }
 
-/// The mount points listed in a mountinfo text (field 5, octal escapes undone).
-pub fn mount_points(mountinfo: &str) -> HashSet<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape_octal(field)))
-        .collect()
-}
-
-fn unescape_octal(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4);
-        if bytes[i] == b'\\' && octal.is_some_and(|d| d.iter().all(|b| (b'0'..=b'7').contains(b))) {
-            let value = bytes[i + 1..i + 4]
-                .iter()
-                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
-            out.push(value as u8);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+/// The mount points `/proc/self/mountinfo` under `root` lists; none when it cannot be read.
+fn mounted_points(root: &Path) -> HashSet<PathBuf> {
+    let path = root.join("proc/self/mountinfo");
+    match crate::mounts::mountinfo::read(&path) {
+        Ok(table) => table
+            .mounts
+            .into_iter()
+            .map(|m| PathBuf::from(m.mount_point))
+            .collect(),
+        Err(e) => {
+            log::warn!(
+                "cannot read {}: {e}; mounting every API file system",
+                path.display()
+            );
+            HashSet::new()
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Mounts the API file systems under `root` (`/` at boot) that are not mounted yet.
@@ -117,19 +107,16 @@ fn unescape_octal(field: &str) -> String {
 pub fn mount_api_filesystems<S: FrameOps>(sys: &S, root: &Path) -> anyhow::Result<Vec<String>> {
     use anyhow::Context;
     let mut mounted = Vec::new();
-    let mut present = HashSet::new();
+    let mut present: Option<HashSet<PathBuf>> = None;
     for m in api_mounts() {
         let target = root.join(m.target.trim_start_matches('/'));
-        if m.target != "/proc" && present.is_empty() {
-            // /proc is up now: learn what the kernel (or a previous stage) mounted already.
-            if let Ok(text) = std::fs::read_to_string(root.join("proc/self/mountinfo")) {
-                present = mount_points(&text);
-            }
-        }
         let already = if m.target == "/proc" {
             root.join("proc/self").exists()
         } else {
-            present.contains(Path::new(m.target))
+            // /proc is up now: learn once what the kernel (or a previous stage) mounted.
+            present
+                .get_or_insert_with(|| mounted_points(root))
+                .contains(Path::new(m.target))
         };
         if already {
             continue;
@@ -147,16 +134,36 @@ pub fn mount_api_filesystems<S: FrameOps>(sys: &S, root: &Path) -> anyhow::Resul
     Ok(mounted)
 }
 
+/// A sysctl value is a word; anything longer is not the knob we know.
+const KNOB_MAX_BYTES: u64 = 64;
+
+fn kmsg_knob(root: &Path) -> PathBuf {
+    root.join("proc/sys/kernel/printk_devkmsg")
+}
+
 /// The kernel rate-limits /dev/kmsg writers to ten lines per five seconds by default, which
 /// would drop most of a boot's log. Turn that off for stage 1 and return the old setting.
 pub fn unlimit_kmsg<S: FrameOps>(sys: &S, root: &Path) -> Option<String> {
-    let knob = root.join("proc/sys/kernel/printk_devkmsg");
-    let old = std::fs::read_to_string(&knob).ok()?.trim().to_string();
+    let knob = kmsg_knob(root);
+    let old = crate::sys::read_text_limited(&knob, KNOB_MAX_BYTES)
+        .ok()?
+        .trim()
+        .to_string();
     if old == "ratelimit" {
         // The sysctl rejects a value without its trailing newline.
         sys.write_file(&knob, "on\n").ok()?;
     }
     Some(old)
+}
+
+/// Gives stage 2 the rate limit [`unlimit_kmsg`] lifted (`old` is what it returned).
+pub fn restore_kmsg_limit<S: FrameOps>(sys: &S, root: &Path, old: Option<&str>) {
+    if old == Some("ratelimit") {
+        let knob = kmsg_knob(root);
+        if let Err(e) = sys.write_file(&knob, "ratelimit\n") {
+            log::warn!("could not restore {} to ratelimit: {e}", knob.display());
+        }
+    }
 }
 
 impl FrameOps for Real {
@@ -176,8 +183,7 @@ impl FrameOps for Real {
     }
 
     fn write_file(&self, path: &Path, contents: &str) -> Result<(), Errno> {
-        std::fs::write(path, contents)
-            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)))
+        std::fs::write(path, contents).map_err(|e| crate::sys::io_errno(&e))
     }
 
     fn kernel_release(&self) -> String {
@@ -222,31 +228,35 @@ impl FrameOps for Fake {
 /// of the children the init waits for itself (those spawned through [`spawn_owned`]).
 pub mod reaper {
     use super::*;
-    use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
-    use nix::unistd::Pid;
+    use crate::sys::lock;
+    use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag};
     use std::process::{Child, Command};
 
-    static OWNED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+    /// The children spawned through [`spawn_owned`] and not yet [`release`]d.
+    static OWNED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
-    /// Spawns a child the caller will wait for; the reaper leaves it alone.
+    /// Spawns a child the caller will wait for; the reaper leaves it alone. The lock is held
+    /// across the spawn so the reaper cannot see the child exit before it is listed.
     pub fn spawn_owned(command: &mut Command) -> std::io::Result<Child> {
-        let mut owned = OWNED.lock().unwrap_or_else(|e| e.into_inner());
+        let mut owned = lock(&OWNED);
         let child = command.spawn()?;
-        owned.push(child.id() as i32);
+        owned.push(child.id());
         Ok(child)
     }
 
     /// Marks an owned child as waited for.
     pub fn release(pid: u32) {
-        let mut owned = OWNED.lock().unwrap_or_else(|e| e.into_inner());
-        owned.retain(|p| *p != pid as i32);
+        lock(&OWNED).retain(|p| *p != pid);
     }
 
     /// Starts the reaper thread.
     pub fn start() {
-        let _ = std::thread::Builder::new()
+        if let Err(e) = std::thread::Builder::new()
             .name("reaper".into())
-            .spawn(reap_forever);
+            .spawn(reap_forever)
+        {
+            log::warn!("cannot start the reaper thread ({e}); orphans stay zombies until stage 2");
+        }
     }
 
     fn reap_forever() {
@@ -255,25 +265,23 @@ pub mod reaper {
             let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
             match waitid(Id::All, flags) {
                 Ok(status) => {
-                    let Some(pid) = status_pid(&status) else {
+                    let Some(pid) = status.pid() else {
                         continue;
                     };
-                    let owned = OWNED.lock().unwrap_or_else(|e| e.into_inner());
-                    if owned.contains(&pid.as_raw()) {
-                        drop(owned);
+                    let owned =
+                        u32::try_from(pid.as_raw()).is_ok_and(|p| lock(&OWNED).contains(&p));
+                    if owned {
+                        // Its owner reaps it; give it the time rather than spin on the same peek.
                         std::thread::sleep(std::time::Duration::from_millis(20));
                     } else {
                         let _ = waitpid(pid, None);
                     }
                 }
                 Err(Errno::EINTR) => {}
+                // ECHILD: no children right now.
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
             }
         }
-    }
-
-    fn status_pid(status: &WaitStatus) -> Option<Pid> {
-        status.pid()
     }
 }
 
@@ -334,9 +342,74 @@ mod tests {
     }
 
     #[test]
-    fn mountinfo_mount_points_are_unescaped() {
-        let points = mount_points("36 35 98:0 / /mnt/a\\040b rw - ext3 /dev/root rw\n");
-        assert!(points.contains(Path::new("/mnt/a b")));
+    fn an_oversized_mountinfo_counts_as_nothing_mounted() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("proc/self")).unwrap();
+        let line = "22 1 0:5 / /dev rw - devtmpfs devtmpfs rw\n";
+        let lines = crate::mounts::mountinfo::MAX_FILE_BYTES as usize / line.len() + 1;
+        std::fs::write(root.path().join("proc/self/mountinfo"), line.repeat(lines)).unwrap();
+        let fake = Fake::new();
+        let mounted = mount_api_filesystems(&fake, root.path()).unwrap();
+        assert_eq!(
+            mounted,
+            vec!["/sys", "/dev", "/dev/pts", "/dev/shm", "/run"]
+        );
+    }
+
+    /// Set in the copy of the test binary that [`the_reaper_never_takes_an_owned_childs_status`]
+    /// runs: the reaper waits for any child, so it must not run inside the shared test process.
+    const REAPER_CHILD_ENV: &str = "NETBOOT_INIT_REAPER_TEST_CHILD";
+
+    #[test]
+    fn the_reaper_never_takes_an_owned_childs_status() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args(["--exact", "frame::tests::reaper_child", "--nocapture"])
+            .args(["--test-threads", "1"])
+            .env(REAPER_CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// As a subreaper with the reaper running: owned children keep their exit status for
+    /// their owner while orphans exiting around them are reaped.
+    #[test]
+    fn reaper_child() {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+        use std::process::Command;
+        if std::env::var_os(REAPER_CHILD_ENV).is_none() {
+            return;
+        }
+        nix::sys::prctl::set_child_subreaper(true).unwrap();
+        reaper::start();
+        for round in 0..20 {
+            // An orphan (the inner shell, re-parented to us) exits while the owned child runs.
+            let mut orphan_maker = Command::new("sh");
+            orphan_maker.args(["-c", "sh -c 'sleep 0.01; exit 3' & exit 0"]);
+            let mut parent = reaper::spawn_owned(&mut orphan_maker).unwrap();
+            let mut command = Command::new("sh");
+            command.args(["-c", &format!("sleep 0.02; exit {}", round % 7 + 1)]);
+            let mut child = reaper::spawn_owned(&mut command).unwrap();
+            let status = child.wait();
+            reaper::release(child.id());
+            assert_eq!(status.unwrap().code(), Some(round % 7 + 1), "round {round}");
+            let status = parent.wait();
+            reaper::release(parent.id());
+            assert_eq!(status.unwrap().code(), Some(0), "round {round}");
+        }
+        // Every orphan was reaped: no exited child is left.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::All, flags) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => {}
+            other => panic!("a child was left unreaped: {other:?}"),
+        }
     }
 
     #[test]
@@ -355,5 +428,13 @@ mod tests {
         let fake = Fake::new();
         assert_eq!(unlimit_kmsg(&fake, root.path()).as_deref(), Some("on"));
         assert!(fake.calls().is_empty());
+        restore_kmsg_limit(&fake, root.path(), Some("on"));
+        restore_kmsg_limit(&fake, root.path(), None);
+        assert!(fake.calls().is_empty());
+        restore_kmsg_limit(&fake, root.path(), Some("ratelimit"));
+        assert_eq!(
+            fake.calls(),
+            vec![format!("write {} ratelimit\n", knob.display())]
+        );
     }
 }

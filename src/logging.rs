@@ -70,13 +70,13 @@ impl Log for KmsgLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        // All the work before locking: the panic hook logs through here too, and would wait
+        // forever for a lock its own thread held when it panicked.
         let message = record.args().to_string();
-        let Ok(mut sink) = self.sink.lock() else {
-            return;
-        };
-        match sink.as_mut() {
+        let records = kmsg_records(record.level(), &message);
+        match crate::sys::lock(&self.sink).as_mut() {
             Some(kmsg) => {
-                for line in kmsg_records(record.level(), &message) {
+                for line in records {
                     // A lost log line must never take PID 1 down.
                     let _ = kmsg.write_all(line.as_bytes());
                 }
@@ -101,17 +101,13 @@ pub fn init(level: LevelFilter) {
 /// Switches the logger to /dev/kmsg once devtmpfs is mounted.
 pub fn use_kmsg(kmsg: &Path) -> std::io::Result<()> {
     let file = OpenOptions::new().write(true).open(kmsg)?;
-    if let Ok(mut sink) = LOGGER.sink.lock() {
-        *sink = Some(file);
-    }
+    *crate::sys::lock(&LOGGER.sink) = Some(file);
     Ok(())
 }
 
 /// Switches the logger back to the console (stderr) before /dev/kmsg goes away.
 pub fn use_console() {
-    if let Ok(mut sink) = LOGGER.sink.lock() {
-        *sink = None;
-    }
+    *crate::sys::lock(&LOGGER.sink) = None;
 }
 
 #[cfg(test)]

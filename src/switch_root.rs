@@ -189,7 +189,7 @@ impl SwitchRootOps for Real {
         }
         // Kernels before 5.9: close what /proc/self/fd lists (it moved with /proc).
         let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-            .map_err(|_| Errno::last())?
+            .map_err(|e| crate::sys::io_errno(&e))?
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .filter(|fd| *fd > 2)
             .collect();
@@ -270,7 +270,7 @@ pub mod initramfs {
     /// The same-device walk, usable on any directory (tests run it on a tmpfs).
     pub fn remove_under(dir: &Path, device: u64, keep: &Path) -> Result<u64, Errno> {
         let mut removed = 0;
-        let entries = std::fs::read_dir(dir).map_err(|e| io_errno(&e))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| crate::sys::io_errno(&e))?;
         for entry in entries.flatten() {
             let path = entry.path();
             if path == keep {
@@ -292,10 +292,6 @@ pub mod initramfs {
             }
         }
         Ok(removed)
-    }
-
-    fn io_errno(e: &std::io::Error) -> Errno {
-        Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32))
     }
 }
 

@@ -51,7 +51,10 @@ impl Phase {
 pub fn now_us() -> u64 {
     use nix::time::{clock_gettime, ClockId};
     match clock_gettime(ClockId::CLOCK_MONOTONIC) {
-        Ok(ts) => (ts.tv_sec() as u64) * 1_000_000 + (ts.tv_nsec() as u64) / 1_000,
+        Ok(ts) => u64::try_from(ts.tv_sec())
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::try_from(ts.tv_nsec()).unwrap_or(0) / 1_000),
         Err(_) => 0,
     }
 }

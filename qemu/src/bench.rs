@@ -45,6 +45,28 @@ pub const BASE_APPEND: &str = "console=ttyS0 quiet initramfs_async=0 panic=-1";
 /// The kernel parameter that makes the init load modules one by one, if it has one.
 pub const SEQUENTIAL_MODULES_PARAM: Option<&str> = Some("netboot.modules=sequential");
 
+/// `NETBOOT_BENCH_ICOUNT=N`: guest time from instructions executed (2^N ns each) instead
+/// of the host's clock, so that load on the host does not show in the figures. Off by default:
+/// the figures are then wall-clock times of the emulated machine.
+pub const ICOUNT_ENV: &str = "NETBOOT_BENCH_ICOUNT";
+
+fn icount_shift() -> Option<u32> {
+    std::env::var(ICOUNT_ENV)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|s| *s <= 10)
+}
+
+fn icount_args() -> Vec<String> {
+    match icount_shift() {
+        Some(shift) if !vm::kvm_requested() => {
+            vec!["-icount".into(), format!("shift={shift},sleep=off")]
+        }
+        _ => Vec::new(),
+    }
+}
+
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -277,6 +299,7 @@ fn boot(kernel: &Kernel, initrd: &Path, append: &str, log: &Path) -> Result<Boot
         log.to_path_buf(),
     );
     spec.timeout = BOOT_TIMEOUT;
+    spec.extra = icount_args();
     let outcome = vm::run(&spec, |text, _| {
         if text.lines().any(|l| l.trim_end() == stage2::DONE) || text.contains("Kernel panic") {
             Step::Stop
@@ -371,35 +394,22 @@ fn time_builds(
     Ok((split, single, split_bytes, single_bytes))
 }
 
-/// Registration per mode on the host, `runs` times each, in a private mount namespace (load-db
-/// mounts /proc and /dev under the target root while `nix-store` runs).
-fn time_registration(work: &Path, runs: usize) -> Result<(usize, Vec<f64>, Vec<f64>)> {
+/// Registration per mode on the host, `runs` times each, on a 1,000-path closure in a tmpfs
+/// (as the new root is at boot; a disk would add its fsync costs), in a private mount
+/// namespace of one thread: load-db mounts /proc and /dev under the target root while
+/// `nix-store` runs, and the tmpfs goes away with the thread.
+pub fn time_registration(work: &Path, runs: usize) -> Result<(usize, Vec<f64>, Vec<f64>)> {
     use netboot_init::registration::host;
-    let fixture = host::prepare_fixture(
-        work,
-        REGISTRATION_PATHS,
-        Path::new(crate::fixture::NIX_STORE_BIN),
-    )
-    .context("preparing the registration closure")?;
-    let paths = fixture.registration.len();
-    let handle = std::thread::spawn(move || -> Result<(Vec<f64>, Vec<f64>)> {
-        // SAFETY: plain syscalls; unshare(CLONE_NEWNS) moves only this thread.
-        unsafe {
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                bail!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());
-            }
-            let root = c"/";
-            if libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) != 0
-            {
-                bail!("making / private: {}", std::io::Error::last_os_error());
-            }
-        }
+    fs::create_dir_all(work)?;
+    let work = work.to_path_buf();
+    let handle = std::thread::spawn(move || -> Result<(usize, Vec<f64>, Vec<f64>)> {
+        private_tmpfs(&work)?;
+        let fixture = host::prepare_fixture(
+            &work.join("closure"),
+            REGISTRATION_PATHS,
+            Path::new(crate::fixture::NIX_STORE_BIN),
+        )
+        .context("preparing the registration closure")?;
         let (mut load_db, mut prebuilt) = (Vec::new(), Vec::new());
         for i in 0..runs {
             for mode in [RegistrationMode::LoadDb, RegistrationMode::Prebuilt] {
@@ -412,13 +422,50 @@ fn time_registration(work: &Path, runs: usize) -> Result<(usize, Vec<f64>, Vec<f
                 }
             }
         }
-        host::reset_target(&fixture)?;
-        Ok((load_db, prebuilt))
+        Ok((fixture.registration.len(), load_db, prebuilt))
     });
-    let (load_db, prebuilt) = handle
+    handle
         .join()
-        .map_err(|_| anyhow::anyhow!("registration benchmark thread panicked"))??;
-    Ok((paths, load_db, prebuilt))
+        .map_err(|_| anyhow::anyhow!("registration benchmark thread panicked"))?
+}
+
+/// Moves the calling thread into a mount namespace of its own and mounts a tmpfs on `dir`.
+fn private_tmpfs(dir: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let dir_c = CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: plain syscalls with valid NUL-terminated strings; unshare(CLONE_NEWNS) moves
+    // only this thread.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            bail!("unshare(CLONE_NEWNS): {}", std::io::Error::last_os_error());
+        }
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            bail!("making / private: {}", std::io::Error::last_os_error());
+        }
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            dir_c.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            c"mode=0755".as_ptr().cast(),
+        ) != 0
+        {
+            bail!(
+                "mounting a tmpfs on {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs every benchmark and writes the report under `<ws>/target/bench/`.
@@ -436,10 +483,10 @@ pub fn run(ws: &Path) -> Result<()> {
 
     let mut m = Measurements {
         kernel_release: kernel.release.clone(),
-        accel: if vm::kvm_requested() {
-            "kvm".into()
-        } else {
-            "tcg".into()
+        accel: match (vm::kvm_requested(), icount_shift()) {
+            (true, _) => "kvm".into(),
+            (false, Some(shift)) => format!("tcg, -icount shift={shift}"),
+            (false, None) => "tcg".into(),
         },
         fixture_paths: fx.paths,
         image_bytes: fs::metadata(&fx.store_image)?.len(),

@@ -51,10 +51,39 @@ pub fn build_static(ws: &Path) -> Result<StaticBins> {
 
 /// Runs the scenarios named in `only` (all when empty), two at a time, printing one line each.
 pub fn run_scenarios(ws: &Path, only: &[String]) -> Result<Vec<ScenarioResult>> {
+    let _lock = lock_harness(ws)?;
     scenarios::run_scenarios(ws, only)
 }
 
 /// Boots the 6.12 demo image, streams its console and prints the per-phase timings.
 pub fn demo(ws: &Path) -> Result<()> {
+    let _lock = lock_harness(ws)?;
     demo::demo(ws)
+}
+
+/// Serializes harness runs on one workspace: they share the fixture and the scenario directories.
+/// The lock goes with the returned file.
+pub fn lock_harness(ws: &Path) -> Result<std::fs::File> {
+    use anyhow::Context;
+    use std::os::unix::io::AsRawFd;
+    let dir = ws.join("target/netboot");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("harness.lock");
+    let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!(
+            "netboot-qemu: waiting for another harness run ({})",
+            path.display()
+        );
+        // SAFETY: as above.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            anyhow::bail!(
+                "locking {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(f)
 }

@@ -36,6 +36,11 @@ pub mod msg {
     pub const BOOT_FAILED: &str = "netboot-init: boot failed: ";
     pub const PANIC_ASKED: &str = "; panicking as boot.panic_on_fail asks";
     pub const KERNEL_PANIC: &str = "Kernel panic - not syncing";
+    pub const REGISTRATION_DONE: &str = "netboot-init: registration done in ";
+    /// How the modules phase says it loaded the modules.
+    pub const MODULES_PLAIN: &str = "netboot-init: finit_module: ";
+    pub const MODULES_XZ_KERNEL: &str = "netboot-init: finit_module (xz in kernel): ";
+    pub const MODULES_XZ_USER: &str = "netboot-init: init_module (xz in userspace): ";
     /// The error chain when the initrd carries no store image.
     pub const SQUASHFS_MISSING: &str =
         "mounts: fileSystems[1] /nix/.ro-store (squashfs): squashfs image /nix-store.squashfs is missing";
@@ -85,8 +90,8 @@ pub fn kernel_time(console: &str, needle: &str) -> Option<f64> {
 /// What a scenario expects on the console.
 #[derive(Debug, Clone)]
 enum Expect {
-    /// Stage 2 reached, every probe check ok.
-    Probe,
+    /// Stage 2 reached, every probe check ok, and these init lines seen (in order).
+    Probe(Vec<Line>),
     /// These lines, in this order: `Exact` must equal a whole line, `Prefix` start one and
     /// contain every listed piece.
     Lines(Vec<Line>),
@@ -184,12 +189,18 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
     let mut allow_reboot = false;
     let squashfs_line = exact(format!("{}{}", msg::FAILED, msg::SQUASHFS_MISSING));
     let expect = match name {
-        "boot-6.1" => Expect::Probe,
+        "boot-6.1" => Expect::Probe(vec![
+            Line::Prefix(msg::MODULES_PLAIN.into(), vec![]),
+            Line::Prefix(
+                msg::REGISTRATION_DONE.into(),
+                vec![format!("load-db: {} paths registered", fx.paths)],
+            ),
+        ]),
         "boot-6.12" | "ipxe-netboot" | "kexec-reboot" => {
             kernel = &env.k612;
             spec.modules_tree = env.k612.modules();
             spec.keep_module_compression = true;
-            Expect::Probe
+            Expect::Probe(vec![Line::Prefix(msg::MODULES_XZ_KERNEL.into(), vec![])])
         }
         "boot-6.1-xz-modules" => {
             let names = initrd_layout::upstream::needed_modules(&serde_json::from_value(
@@ -197,7 +208,7 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
             )?);
             spec.modules_tree = images::xz_module_copy(&env.ws, &env.k61, &names)?;
             spec.keep_module_compression = true;
-            Expect::Probe
+            Expect::Probe(vec![Line::Prefix(msg::MODULES_XZ_USER.into(), vec![])])
         }
         "boot-prebuilt-db" => {
             set(
@@ -206,7 +217,10 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
                 json!({"mode": "prebuilt"}),
             );
             spec.prebuilt_db = true;
-            Expect::Probe
+            Expect::Probe(vec![Line::Prefix(
+                msg::REGISTRATION_DONE.into(),
+                vec!["prebuilt database installed".into()],
+            )])
         }
         "missing-squashfs" => {
             spec.drop_store = true;
@@ -343,7 +357,7 @@ fn scenario(env: &Env, name: &str, dir: &Path) -> Result<()> {
     }
     let mut vm = VmSpec::direct(kernel.image(), initrd, append, dir.join("console.log"));
     vm.allow_reboot = allow_reboot;
-    vm.timeout = Duration::from_secs(if matches!(expect, Expect::Probe) {
+    vm.timeout = Duration::from_secs(if matches!(expect, Expect::Probe(_)) {
         240
     } else {
         120
@@ -364,10 +378,11 @@ fn truncated_sizes(image: &Path) -> Result<(u64, u64)> {
 
 fn judge_boot(vm: &VmSpec, expect: &Expect, name: &str) -> Result<()> {
     match expect {
-        Expect::Probe => {
+        Expect::Probe(lines) => {
             // The probe powers the VM off when it is done.
             let out = vm::run(vm, |_, _| Step::Continue)?;
-            judge_probe(&out.console, out.timed_out)
+            judge_probe(&out.console, out.timed_out)?;
+            judge_lines(&out.console, lines)
         }
         Expect::Lines(lines) => {
             let reboot = name == "reboot-on-fail";
@@ -486,6 +501,9 @@ fn judge_probe(console: &str, timed_out: bool) -> Result<()> {
     }
     if !console.contains(probe::STARTED) {
         bail!("no `{}` on the console", probe::STARTED);
+    }
+    if netboot_init::timeline::Timeline::from_log(console).is_none() {
+        bail!("no parseable `netboot-init: timeline {{...}}` record on the console");
     }
     Ok(())
 }

@@ -142,9 +142,7 @@ fn command(spec: &VmSpec, socket: &std::path::Path) -> Command {
         }
     }
     c.args(&spec.extra);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    c.stdin(Stdio::null()).stdout(Stdio::null());
     c
 }
 
@@ -163,7 +161,12 @@ pub fn run(spec: &VmSpec, mut watch: impl FnMut(&str, &mut Console) -> Step) -> 
         std::fs::create_dir_all(p)?;
     }
     let start = Instant::now();
+    // A file, not a pipe: nobody reads QEMU's stderr while it runs, and a full pipe would stall it.
+    let stderr_path = spec.log.with_extension("qemu-stderr");
+    let stderr = std::fs::File::create(&stderr_path)
+        .with_context(|| format!("creating {}", stderr_path.display()))?;
     let mut child = command(spec, &socket)
+        .stderr(stderr)
         .spawn()
         .context("starting qemu-system-x86_64")?;
     let mut console = Console {
@@ -177,15 +180,9 @@ pub fn run(spec: &VmSpec, mut watch: impl FnMut(&str, &mut Console) -> Step) -> 
             String::from_utf8_lossy(&std::fs::read(&spec.log).unwrap_or_default()).into_owned();
         if let Some(status) = child.try_wait()? {
             exited = true;
-            if !status.success() {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                if !err.trim().is_empty() && text.is_empty() {
-                    anyhow::bail!("qemu exited with {status}: {}", err.trim());
-                }
+            if !status.success() && text.is_empty() {
+                let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                anyhow::bail!("qemu exited with {status}: {}", err.trim());
             }
             break;
         }

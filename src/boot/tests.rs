@@ -171,6 +171,17 @@ fn init_from_the_config_when_the_cmdline_has_none() {
     assert_eq!(initrd.boot(&fake), Outcome::HandedOff { init: INIT.into() });
 }
 
+/// What the timeline the failed boot left says about the failed phase, `$R` for the temp dir.
+fn failed_summary(initrd: &Initrd) -> String {
+    let text =
+        std::fs::read_to_string(initrd.root().join("run/netboot-init/timeline.json")).unwrap();
+    let timeline: crate::timeline::Timeline = serde_json::from_str(&text).unwrap();
+    let failed = timeline.phases.iter().find(|p| !p.ok).unwrap();
+    failed
+        .summary
+        .replace(&initrd.root().display().to_string(), "$R")
+}
+
 fn reboot_after(secs: u32) -> Action {
     Action::Reboot { after_secs: secs }
 }
@@ -178,11 +189,13 @@ fn reboot_after(secs: u32) -> Action {
 /// Each failure point, with the phase it is reported under and the policy's action.
 #[test]
 fn each_failure_point_drives_the_policy() {
-    // (failing call prefix, errno, phase, kernel command line extra, config edit, action)
+    // (failing call prefix, errno, phase, kernel command line extra, config edit, action,
+    // the failed phase's message with `{:#}` as the timeline keeps it; hand-off failures come
+    // after the timeline is final)
     type Edit = fn(&mut serde_json::Value);
     let allow_shell: Edit = |c| c["failure"]["emergencyAccess"] = true.into();
     let nothing: Edit = |_| {};
-    let table: Vec<(&str, Errno, &str, &str, Edit, Action)> = vec![
+    let table: Vec<(&str, Errno, &str, &str, Edit, Action, &str)> = vec![
         (
             "mount sysfs",
             Errno::ENODEV,
@@ -190,6 +203,7 @@ fn each_failure_point_drives_the_policy() {
             "",
             nothing,
             reboot_after(10),
+            "mounting sysfs on /sys: ENODEV: No such device",
         ),
         (
             "finit_module",
@@ -198,6 +212,8 @@ fn each_failure_point_drives_the_policy() {
             "",
             nothing,
             reboot_after(10),
+            "loading module loop from $R/lib/modules/6.1.0-test/kernel/drivers/block/loop.ko: \
+             finit_module: ENOEXEC: Exec format error",
         ),
         (
             "mount tmpfs $R/mnt-root ",
@@ -206,6 +222,8 @@ fn each_failure_point_drives_the_policy() {
             "boot.panic_on_fail",
             nothing,
             Action::Panic,
+            "fileSystems[0] / (tmpfs): mount tmpfs tmpfs on $R/mnt-root (flags 0, data \"mode=0755\"): \
+             ENOMEM: Out of memory",
         ),
         (
             "mount overlay",
@@ -214,6 +232,9 @@ fn each_failure_point_drives_the_policy() {
             "stage1panic=1",
             nothing,
             Action::Panic,
+            "fileSystems[3] /nix/store (overlay): mount overlay overlay on $R/mnt-root/nix/store \
+             (flags 0, data \"lowerdir=$R/mnt-root/nix/.ro-store,upperdir=$R/mnt-root/nix/.rw-store/store,\
+             workdir=$R/mnt-root/nix/.rw-store/work\"): EINVAL: Invalid argument",
         ),
         (
             "loop-configure",
@@ -224,6 +245,8 @@ fn each_failure_point_drives_the_policy() {
             Action::Shell {
                 shell: "/bin/sh".into(),
             },
+            "fileSystems[1] /nix/.ro-store (squashfs): attach $R/nix-store.squashfs to /dev/loop0 \
+             with LOOP_CONFIGURE: ENXIO: No such device or address",
         ),
         (
             "move-mount $R/proc",
@@ -232,6 +255,7 @@ fn each_failure_point_drives_the_policy() {
             "",
             nothing,
             reboot_after(10),
+            "",
         ),
         (
             "exec",
@@ -240,9 +264,10 @@ fn each_failure_point_drives_the_policy() {
             "boot.shell_on_fail",
             nothing,
             reboot_after(10),
+            "",
         ),
     ];
-    for (prefix, errno, phase, extra, edit, action) in table {
+    for (prefix, errno, phase, extra, edit, action, message) in table {
         let initrd = Initrd::new(&format!("{} {extra}", default_cmdline()), edit);
         let fake = Fake::new();
         let r = initrd.root().display().to_string();
@@ -264,6 +289,9 @@ fn each_failure_point_drives_the_policy() {
             Action::Shell { .. } | Action::Reboot { .. } => "reboot",
         };
         assert_eq!(last, terminal, "failing {prefix}");
+        if !message.is_empty() {
+            assert_eq!(failed_summary(&initrd), message, "failing {prefix}");
+        }
         assert!(!calls
             .iter()
             .any(|c| c.starts_with("exec") && !prefix.starts_with("exec")));
@@ -293,6 +321,25 @@ fn a_bad_config_fails_before_anything_is_mounted() {
             .iter()
             .any(|c| c.contains("mnt-root") || c.starts_with("finit")),
         "{calls:#?}"
+    );
+}
+
+#[test]
+fn config_failures_name_the_file_once() {
+    let initrd = Initrd::new(&default_cmdline(), |c| c["bogusField"] = 1.into());
+    let fake = Fake::new();
+    initrd.boot(&fake);
+    let summary = failed_summary(&initrd);
+    assert!(
+        summary.starts_with("config $R/etc/netboot-init.json: bogusField: unknown field"),
+        "{summary}"
+    );
+    std::fs::remove_file(initrd.root().join("etc/netboot-init.json")).unwrap();
+    let fake = Fake::new();
+    initrd.boot(&fake);
+    assert_eq!(
+        failed_summary(&initrd),
+        "config: $R/etc/netboot-init.json: cannot open: No such file or directory (os error 2)"
     );
 }
 
@@ -375,4 +422,56 @@ fn a_failed_boot_still_leaves_its_timeline() {
     assert!(!last.ok);
     assert!(last.summary.contains("EINVAL"), "{}", last.summary);
     assert_eq!(timeline.handoff_us, None);
+}
+
+#[test]
+fn a_stray_byte_on_the_kernel_command_line_does_not_stop_the_boot() {
+    let initrd = Initrd::new(&default_cmdline(), |_| {});
+    let mut cmdline = b"console=ttyS0 vendor.name=caf\xe9 ".to_vec();
+    cmdline.extend_from_slice(default_cmdline().as_bytes());
+    std::fs::write(initrd.root().join("proc/cmdline"), cmdline).unwrap();
+    let fake = Fake::new();
+    assert_eq!(initrd.boot(&fake), Outcome::HandedOff { init: INIT.into() });
+}
+
+#[test]
+fn an_oversized_kernel_command_line_is_a_clear_config_failure() {
+    let initrd = Initrd::new(&default_cmdline(), |_| {});
+    let huge = "x ".repeat(crate::cmdline::MAX_CMDLINE_BYTES);
+    std::fs::write(initrd.root().join("proc/cmdline"), huge).unwrap();
+    let fake = Fake::new();
+    assert_eq!(
+        initrd.boot(&fake),
+        Outcome::Failed {
+            phase: "config".into(),
+            action: reboot_after(10)
+        }
+    );
+    assert_eq!(
+        failed_summary(&initrd),
+        format!(
+            "reading the kernel command line $R/proc/cmdline: larger than the limit of {} bytes",
+            crate::cmdline::MAX_CMDLINE_BYTES
+        )
+    );
+}
+
+#[test]
+fn the_kmsg_rate_limit_is_lifted_for_stage_1_only() {
+    let initrd = Initrd::new(&default_cmdline(), |_| {});
+    let knob = initrd.root().join("proc/sys/kernel/printk_devkmsg");
+    std::fs::create_dir_all(knob.parent().unwrap()).unwrap();
+    std::fs::write(&knob, "ratelimit\n").unwrap();
+    let fake = Fake::new();
+    assert_eq!(initrd.boot(&fake), Outcome::HandedOff { init: INIT.into() });
+    let calls = initrd.calls(&fake);
+    let position = |call: &str| calls.iter().position(|c| c == call);
+    let lifted = position("write $R/proc/sys/kernel/printk_devkmsg on\n").unwrap();
+    let restored = position("write $R/proc/sys/kernel/printk_devkmsg ratelimit\n").unwrap();
+    let first_module = calls
+        .iter()
+        .position(|c| c.starts_with("finit_module"))
+        .unwrap();
+    let hand_off = position("move-mount $R/proc $R/mnt-root/proc").unwrap();
+    assert!(lifted < first_module && first_module < restored && restored < hand_off);
 }

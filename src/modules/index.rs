@@ -9,7 +9,6 @@
 use super::glob;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Largest index file read (the real `modules.alias` is about 1.4 MB).
@@ -38,24 +37,14 @@ fn perr(line: usize, message: impl Into<String>) -> ParseError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    #[error("reading {}: {source}", path.display())]
+    // The causes are in the messages and not `source`s, which `{:#}` would print again.
+    #[error("reading {}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{}: {size} bytes is more than the limit of {limit}", path.display())]
-    TooLarge {
-        path: PathBuf,
-        size: u64,
-        limit: u64,
-    },
-    #[error("{}: {source}", path.display())]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: ParseError,
-    },
+    #[error("{}: {error}", path.display())]
+    Parse { path: PathBuf, error: ParseError },
     #[error(
         "module {name} not found in {} (not in modules.dep, modules.alias or modules.builtin)",
         dir.display()
@@ -384,27 +373,16 @@ pub struct ModulesIndex {
     softdeps: HashMap<String, SoftDep>,
 }
 
-/// Reads a whole file with the size limit; `Ok(None)` when it does not exist.
-pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, IndexError> {
-    let io = |source| IndexError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
-    };
-    let mut data = Vec::new();
-    file.take(limit + 1).read_to_end(&mut data).map_err(io)?;
-    if data.len() as u64 > limit {
-        return Err(IndexError::TooLarge {
+/// Reads a whole index file with the size limit; `Ok(None)` when it does not exist.
+fn read_index(path: &Path) -> Result<Option<Vec<u8>>, IndexError> {
+    match crate::sys::read_limited(path, MAX_FILE_BYTES) {
+        Ok(data) => Ok(Some(data)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(IndexError::Io {
             path: path.to_path_buf(),
-            size: data.len() as u64,
-            limit,
-        });
+            error,
+        }),
     }
-    Ok(Some(data))
 }
 
 impl ModulesIndex {
@@ -413,18 +391,18 @@ impl ModulesIndex {
     pub fn load(dir: &Path) -> Result<Self, IndexError> {
         let read = |name: &str| -> Result<Option<(PathBuf, Vec<u8>)>, IndexError> {
             let path = dir.join(name);
-            Ok(read_limited(&path, MAX_FILE_BYTES)?.map(|data| (path, data)))
+            Ok(read_index(&path)?.map(|data| (path, data)))
         };
         let text = |data: &[u8]| String::from_utf8_lossy(data).into_owned();
         let parse_err = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| IndexError::Parse { path, source }
+            move |error| IndexError::Parse { path, error }
         };
 
         let dep_path = dir.join("modules.dep");
         let (dep_path, dep) = read("modules.dep")?.ok_or_else(|| IndexError::Io {
             path: dep_path,
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            error: std::io::Error::from_raw_os_error(libc::ENOENT),
         })?;
         let dep = parse_dep(&text(&dep)).map_err(parse_err(&dep_path))?;
 
@@ -1103,9 +1081,27 @@ alias fs-vfat vfat
         let e = ModulesIndex::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("modules.softdep") && e.contains("line 2"), "{e}");
 
-        let e = ModulesIndex::load(&dir.path().join("nope"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("nope/modules.dep"), "{e}");
+        let e = anyhow::Error::new(ModulesIndex::load(&dir.path().join("nope")).unwrap_err());
+        assert_eq!(
+            format!("{e:#}"),
+            format!(
+                "reading {}/nope/modules.dep: No such file or directory (os error 2)",
+                dir.path().display()
+            )
+        );
+
+        std::fs::write(
+            dir.path().join("modules.alias"),
+            "x".repeat(MAX_FILE_BYTES as usize + 1),
+        )
+        .unwrap();
+        let e = anyhow::Error::new(ModulesIndex::load(dir.path()).unwrap_err());
+        assert_eq!(
+            format!("{e:#}"),
+            format!(
+                "reading {}/modules.alias: larger than the limit of {MAX_FILE_BYTES} bytes",
+                dir.path().display()
+            )
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! order, in parallel where the dependencies allow.
 
 use super::decompress::{self, Compression};
-use super::index::{self, ModuleEntry};
+use super::index::ModuleEntry;
 use super::{FinitFlags, ModuleOps};
 use nix::errno::Errno;
 use std::collections::{HashMap, VecDeque};
@@ -84,28 +84,27 @@ impl ModuleLoad {
 /// A module that failed to load: names the module, the file and the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("loading module {name} from {}: {step}: {errno} ({})", file.display(), errno.desc())]
+    #[error("loading module {name} from {}: {step}: {errno}", file.display())]
     Syscall {
         name: String,
         file: PathBuf,
         step: String,
         errno: Errno,
     },
-    #[error("loading module {name}: reading {}: {source}", file.display())]
+    // The causes are in the messages and not `source`s, which `{:#}` would print again.
+    #[error("loading module {name}: reading {}: {error}", file.display())]
     Read {
         name: String,
         file: PathBuf,
-        #[source]
-        source: index::IndexError,
+        error: std::io::Error,
     },
     #[error("loading module {name}: {} does not exist", file.display())]
     Missing { name: String, file: PathBuf },
-    #[error("loading module {name} from {}: {source}", file.display())]
+    #[error("loading module {name} from {}: {error}", file.display())]
     Decompress {
         name: String,
         file: PathBuf,
-        #[source]
-        source: decompress::DecompressError,
+        error: decompress::DecompressError,
     },
 }
 
@@ -206,29 +205,28 @@ pub fn load_one<S: ModuleOps>(
         }
     }
 
-    let data = match index::read_limited(file, decompress::MAX_MODULE_BYTES as u64) {
-        Ok(Some(d)) => d,
-        Ok(None) => {
+    let data = match crate::sys::read_limited(file, decompress::MAX_MODULE_BYTES as u64) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(LoadError::Missing {
                 name: name.to_string(),
                 file: file.to_path_buf(),
             })
         }
-        Err(source) => {
+        Err(error) => {
             return Err(LoadError::Read {
                 name: name.to_string(),
                 file: file.to_path_buf(),
-                source,
+                error,
             })
         }
     };
     let t0 = crate::timeline::now_us();
-    let (image, actual) =
-        decompress::decompress(&data).map_err(|source| LoadError::Decompress {
-            name: name.to_string(),
-            file: file.to_path_buf(),
-            source,
-        })?;
+    let (image, actual) = decompress::decompress(&data).map_err(|error| LoadError::Decompress {
+        name: name.to_string(),
+        file: file.to_path_buf(),
+        error,
+    })?;
     drop(data);
     let decompress_us = crate::timeline::now_us().saturating_sub(t0);
     let result = sys.init_module(&image, params);
@@ -267,7 +265,7 @@ pub struct Outcome {
     pub errors: Vec<LoadError>,
 }
 
-/// Loads `entries` (in [`index::ModulesIndex::closure`] order) from `dir`.
+/// Loads `entries` (in [`super::index::ModulesIndex::closure`] order) from `dir`.
 pub fn load_all<S: ModuleOps>(
     sys: &S,
     dir: &Path,
@@ -314,6 +312,24 @@ pub fn load_all<S: ModuleOps>(
                 )
             })
         }
+    }
+}
+
+/// Stops the scheduling when dropped, which only happens while a worker unwinds from a
+/// panicking load (the worker forgets it otherwise): the other workers then finish what they
+/// run and return, and the scope passes the panic on instead of waiting forever.
+struct StopOnUnwind<'a> {
+    state: &'a Mutex<State>,
+    wake: &'a Condvar,
+}
+
+impl Drop for StopOnUnwind<'_> {
+    fn drop(&mut self) {
+        let mut s = crate::sys::lock(self.state);
+        s.running = s.running.saturating_sub(1);
+        s.failed = true;
+        drop(s);
+        self.wake.notify_all();
     }
 }
 
@@ -378,11 +394,11 @@ impl Dag {
             errors: Vec::new(),
         });
         let wake = Condvar::new();
-        let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = || crate::sys::lock(&state);
         std::thread::scope(|scope| {
             for worker in 0..threads {
                 let (state, wake, load, dag) = (&state, &wake, &load, &self);
-                let lock = move || state.lock().unwrap_or_else(|p| p.into_inner());
+                let lock = move || crate::sys::lock(state);
                 let spawned = std::thread::Builder::new()
                     .name(format!("modules-{worker}"))
                     .spawn_scoped(scope, move || loop {
@@ -408,7 +424,11 @@ impl Dag {
                             wake.notify_all();
                             return;
                         };
+                        // Should `load` panic (a bug; the release build aborts into the
+                        // panic hook), the others must not wait for it forever.
+                        let unwinding = StopOnUnwind { state, wake };
                         let result = load(i, worker);
+                        std::mem::forget(unwinding);
                         let mut s = lock();
                         s.running -= 1;
                         s.finished += 1;
@@ -564,6 +584,59 @@ mod tests {
         });
         assert!(out.loads.is_empty());
         assert_eq!(out.errors.len(), 1);
+    }
+
+    #[test]
+    fn read_and_decompress_failures_name_module_file_and_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = crate::sys::Fake::new();
+        fake.fail_on("finit_module", Errno::EOPNOTSUPP);
+        let support = KernelSupport::default();
+        let load = |file: &Path| {
+            let e = load_one(&fake, "m", file, "", &support, 0).unwrap_err();
+            format!("{:#}", anyhow::Error::new(e))
+        };
+        let unreadable = dir.path().join("dir.ko.xz");
+        std::fs::create_dir(&unreadable).unwrap();
+        assert_eq!(
+            load(&unreadable),
+            format!(
+                "loading module m: reading {}: Is a directory (os error 21)",
+                unreadable.display()
+            )
+        );
+        let garbage = dir.path().join("garbage.ko.zst");
+        std::fs::write(&garbage, b"\x28\xb5\x2f\xfd").unwrap();
+        let message = load(&garbage);
+        let prefix = format!(
+            "loading module m from {}: zstd data is corrupt: ",
+            garbage.display()
+        );
+        assert!(message.starts_with(&prefix), "{message}");
+        assert_eq!(message.matches("corrupt").count(), 1, "{message}");
+    }
+
+    #[test]
+    fn a_panicking_load_is_passed_on_not_waited_for() {
+        // b waits for a's dependants to get going; a panics while b still runs.
+        let entries = vec![entry("a", &[]), entry("b", &[]), entry("c", &["a"])];
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let result = std::panic::catch_unwind(|| {
+                Dag::new(&entries).run(2, |i, w| {
+                    if entries[i].name == "a" {
+                        panic!("a bug while loading a");
+                    }
+                    Ok(fake_load(&entries[i].name, w))
+                })
+            });
+            let _ = tx.send(result.is_err());
+        });
+        let panicked = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the scheduler hung after a worker panicked");
+        assert!(panicked, "the panic was swallowed");
+        handle.join().unwrap();
     }
 
     #[test]

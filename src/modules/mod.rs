@@ -65,8 +65,7 @@ impl ModuleOps for Real {
     fn finit_module(&self, file: &Path, params: &str, flags: FinitFlags) -> Result<(), Errno> {
         let params = c_params(params)?;
         // std opens with O_CLOEXEC.
-        let f = std::fs::File::open(file)
-            .map_err(|e| e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO))?;
+        let f = std::fs::File::open(file).map_err(|e| crate::sys::io_errno(&e))?;
         nix::kmod::finit_module(
             &f,
             &params,

@@ -366,8 +366,8 @@ pub fn mount_all<S: MountOps>(
     initrd_root: &Path,
     mountinfo: &Path,
 ) -> anyhow::Result<MountsReport> {
-    let table = match std::fs::read_to_string(mountinfo) {
-        Ok(text) => mountinfo::parse(&text),
+    let table = match mountinfo::read(mountinfo) {
+        Ok(table) => table,
         Err(e) => {
             log::warn!(
                 "cannot read {}: {e}; assuming nothing is mounted under {}",
@@ -664,10 +664,6 @@ fn mount_overlay<S: MountOps>(
     Ok(outcome)
 }
 
-fn io_errno(e: std::io::Error) -> Errno {
-    e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
-}
-
 /// A loop device opened by [`crate::sys::Real`].
 #[derive(Debug)]
 pub struct RealLoop {
@@ -688,7 +684,7 @@ fn open_backing(backing: &Path) -> Result<std::fs::File, Errno> {
         .read(true)
         .custom_flags(nix::libc::O_CLOEXEC)
         .open(backing)
-        .map_err(io_errno)
+        .map_err(|e| crate::sys::io_errno(&e))
 }
 
 fn backing_name(backing: &Path) -> Vec<u8> {
@@ -705,7 +701,7 @@ impl MountOps for crate::sys::Real {
             .recursive(true)
             .mode(0o755)
             .create(path)
-            .map_err(io_errno)
+            .map_err(|e| crate::sys::io_errno(&e))
     }
 
     fn mount(
@@ -732,7 +728,7 @@ impl MountOps for crate::sys::Real {
             .write(true)
             .custom_flags(nix::libc::O_CLOEXEC)
             .open("/dev/loop-control")
-            .map_err(io_errno)?;
+            .map_err(|e| crate::sys::io_errno(&e))?;
         // SAFETY: LOOP_CTL_GET_FREE takes no argument.
         let n = unsafe { loopdev::ctl_get_free(ctl.as_raw_fd()) }?;
         u32::try_from(n).map_err(|_| Errno::ERANGE)
@@ -746,13 +742,15 @@ impl MountOps for crate::sys::Real {
                 .read(true)
                 .custom_flags(nix::libc::O_CLOEXEC)
                 .open(&path)
-                .map_err(io_errno)
+                .map_err(|e| crate::sys::io_errno(&e))
         };
         let file = match open() {
             // /dev without devtmpfs: make the node from the number sysfs gives.
             Err(Errno::ENOENT) => {
-                let dev = std::fs::read_to_string(format!("/sys/block/loop{index}/dev"))
-                    .map_err(|_| Errno::ENOENT)?;
+                // `MAJOR:MINOR`; anything longer is not the attribute we know.
+                let sysfs_dev = PathBuf::from(format!("/sys/block/loop{index}/dev"));
+                let dev =
+                    crate::sys::read_text_limited(&sysfs_dev, 32).map_err(|_| Errno::ENOENT)?;
                 let (major, minor) = dev.trim().split_once(':').ok_or(Errno::ENOENT)?;
                 let major: u64 = major.parse().map_err(|_| Errno::ENOENT)?;
                 let minor: u64 = minor.parse().map_err(|_| Errno::ENOENT)?;

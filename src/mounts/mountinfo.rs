@@ -3,9 +3,13 @@
 //! Paths carry octal escapes (`\040` for a space); [`parse`] decodes them. Malformed lines
 //! are skipped, never a panic.
 
+use std::path::Path;
+
 /// Limits against a runaway file.
 pub const MAX_LINES: usize = 100_000;
 pub const MAX_LINE_LEN: usize = 64 * 1024;
+/// Most bytes read (a stage 1 has a few dozen mounts of about 100 bytes each).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
@@ -99,6 +103,11 @@ fn parse_line(line: &str) -> Option<MountInfo> {
         source,
         super_options,
     })
+}
+
+/// Reads and parses `path` (`/proc/self/mountinfo`), at most [`MAX_FILE_BYTES`] of it.
+pub fn read(path: &Path) -> std::io::Result<MountTable> {
+    crate::sys::read_text_limited(path, MAX_FILE_BYTES).map(|text| parse(&text))
 }
 
 /// Parses the whole file.
@@ -204,5 +213,21 @@ mod tests {
     fn limits() {
         let long = format!("1 1 0:1 / /{} rw - tmpfs t rw", "a".repeat(MAX_LINE_LEN));
         assert_eq!(parse(&long).skipped, vec![1]);
+    }
+
+    #[test]
+    fn read_stops_at_the_size_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mountinfo");
+        std::fs::write(&path, SAMPLE).unwrap();
+        assert_eq!(read(&path).unwrap(), parse(SAMPLE));
+        let line = "22 1 0:21 / /proc rw - proc proc rw\n";
+        let huge = line.repeat(MAX_FILE_BYTES as usize / line.len() + 1);
+        std::fs::write(&path, huge).unwrap();
+        let err = read(&path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("larger than the limit of {MAX_FILE_BYTES} bytes")
+        );
     }
 }

@@ -125,10 +125,11 @@ pub fn parse(bytes: &[u8]) -> Result<Superblock, SuperblockError> {
 pub enum ImageError {
     #[error("squashfs image {path} is missing")]
     Missing { path: PathBuf },
-    #[error("cannot read squashfs image {path}: {source}")]
+    // `error`, not `source`: thiserror would make it the source and `{:#}` print it twice.
+    #[error("cannot read squashfs image {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("squashfs image {path} is truncated: its superblock says {bytes_used} bytes, the file has {size}")]
     Truncated {
@@ -148,15 +149,15 @@ pub enum ImageError {
 /// Reads and checks the superblock of `path`; for regular files also that the file holds
 /// all `bytes_used` bytes.
 pub fn check_image(path: &Path) -> Result<Superblock, ImageError> {
-    let read_err = |source: std::io::Error| {
-        if source.kind() == std::io::ErrorKind::NotFound {
+    let read_err = |error: std::io::Error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
             ImageError::Missing {
                 path: path.to_path_buf(),
             }
         } else {
             ImageError::Read {
                 path: path.to_path_buf(),
-                source,
+                error,
             }
         }
     };
@@ -310,6 +311,16 @@ mod tests {
         img.resize(4096, 0);
         std::fs::write(&good, img).unwrap();
         assert_eq!(check_image(&good).unwrap().compressor_name(), "zstd");
+
+        // The cause is printed once, also with `{:#}`.
+        let err = anyhow::Error::new(check_image(dir.path()).unwrap_err());
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "cannot read squashfs image {}: Is a directory (os error 21)",
+                dir.path().display()
+            )
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod parse;
 pub mod profile;
 
 use crate::config::{Config, RegistrationMode};
-use crate::sys::{Fake, Real};
+use crate::sys::{io_errno, Fake, Real};
 use anyhow::{bail, Context};
 use nix::errno::Errno;
 use parse::PathInfo;
@@ -151,15 +151,16 @@ pub enum RegistrationError {
         exit: Exit,
         stderr_tail: String,
     },
-    #[error("cannot read registration file {path}: {source}")]
+    // `error`, not `source`: thiserror would make it the source and `{:#}` print it twice.
+    #[error("cannot read registration file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("registration file {path}: {source}")]
+    #[error("registration file {path}: {error}")]
     Parse {
         path: PathBuf,
-        source: parse::ParseError,
+        error: parse::ParseError,
     },
     #[error("registration file {path} names {} path(s) missing from the image under {root}: {}", .missing.len(), list(.missing))]
     Missing {
@@ -355,25 +356,23 @@ pub fn register<S: RegistrationOps>(
 /// Reads and parses the registration file and checks it against the image: every path exists
 /// under `target` and every reference is registered.
 pub fn read_and_validate(file: &Path, target: &Path) -> Result<Vec<PathInfo>, RegistrationError> {
-    let text = read_limited(file).map_err(|source| RegistrationError::Read {
+    let read_error = |error| RegistrationError::Read {
         path: file.to_path_buf(),
-        source,
+        error,
+    };
+    let bytes = crate::sys::read_limited(file, parse::MAX_FILE_SIZE as u64).map_err(read_error)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text: {e}"),
+        ))
     })?;
-    let infos = parse::parse(&text).map_err(|source| RegistrationError::Parse {
+    let infos = parse::parse(&text).map_err(|error| RegistrationError::Parse {
         path: file.to_path_buf(),
-        source,
+        error,
     })?;
     validate(&infos, file, target)?;
     Ok(infos)
-}
-
-fn read_limited(file: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(file)?
-        .take(parse::MAX_FILE_SIZE as u64 + 1)
-        .read_to_string(&mut text)?;
-    Ok(text)
 }
 
 /// The checks `nix-store --load-db` does not make (missing paths) or makes late (references).
@@ -516,10 +515,6 @@ fn install_prebuilt<S: RegistrationOps>(sys: &S, db: &Path, target: &Path) -> an
     Ok(())
 }
 
-fn io_errno(e: &std::io::Error) -> Errno {
-    e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
-}
-
 impl RegistrationOps for Real {
     fn mkdir_all(&self, path: &Path) -> Result<(), Errno> {
         use std::os::unix::fs::DirBuilderExt;
@@ -618,24 +613,55 @@ impl RegistrationOps for Real {
     }
 }
 
+/// How much of each of `nix-store`'s output streams is kept (the end of it): a runaway child
+/// must not fill PID 1's memory.
+const MAX_CAPTURED_BYTES: usize = 1 << 20;
+
+/// Reads `pipe` to its end, keeping the last [`MAX_CAPTURED_BYTES`].
+fn drain_tail(mut pipe: impl std::io::Read) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        match pipe.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&chunk[..n]);
+                if kept.len() > 2 * MAX_CAPTURED_BYTES {
+                    kept.drain(..kept.len() - MAX_CAPTURED_BYTES);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if kept.len() > MAX_CAPTURED_BYTES {
+        kept.drain(..kept.len() - MAX_CAPTURED_BYTES);
+    }
+    kept
+}
+
 /// Waits for `child` while threads drain its pipes; `None` if it was killed at the timeout.
 #[allow(clippy::type_complexity)]
 fn wait_with_timeout(
     child: &mut std::process::Child,
     timeout: Duration,
 ) -> std::io::Result<(Option<std::process::ExitStatus>, Vec<u8>, Vec<u8>)> {
-    use std::io::Read;
-    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
+    // `std::thread::spawn` panics when the kernel refuses a thread; the Builder reports it.
+    fn drain(
+        pipe: Option<impl std::io::Read + Send + 'static>,
+    ) -> std::io::Result<Option<std::thread::JoinHandle<Vec<u8>>>> {
+        pipe.map(|p| std::thread::Builder::new().spawn(move || drain_tail(p)))
+            .transpose()
     }
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
+    let drains = drain(child.stdout.take()).and_then(|out| Ok((out, drain(child.stderr.take())?)));
+    let (stdout, stderr) = match drains {
+        Ok(handles) => handles,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_micros(100);
     let status = loop {
@@ -650,9 +676,10 @@ fn wait_with_timeout(
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(5));
     };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    Ok((status, stdout, stderr))
+    let join = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+        h.and_then(|h| h.join().ok()).unwrap_or_default()
+    };
+    Ok((status, join(stdout), join(stderr)))
 }
 
 /// The Fake's `spawn-chrooted` answers with exit status 0 and no output unless a test set a

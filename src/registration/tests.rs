@@ -237,13 +237,28 @@ fn missing_registration_file() {
     let e = env(RegistrationMode::LoadDb);
     fs::remove_file(e.registration_file()).unwrap();
     let fake = Fake::new();
-    let msg = err(&e, &fake);
-    assert!(
-        msg.starts_with(&format!(
-            "cannot read registration file {}: No such file",
+    // The cause once, not repeated by `{:#}`.
+    assert_eq!(
+        err(&e, &fake),
+        format!(
+            "cannot read registration file {}: No such file or directory (os error 2)",
             e.registration_file().display()
-        )),
-        "{msg}"
+        )
+    );
+    assert!(fake.calls().is_empty());
+}
+
+#[test]
+fn registration_file_that_is_not_text() {
+    let e = env(RegistrationMode::LoadDb);
+    fs::write(e.registration_file(), b"/nix/store/\xff\n").unwrap();
+    let fake = Fake::new();
+    assert_eq!(
+        err(&e, &fake),
+        format!(
+            "cannot read registration file {}: not UTF-8 text: invalid utf-8 sequence of 1 bytes from index 11",
+            e.registration_file().display()
+        )
     );
     assert!(fake.calls().is_empty());
 }
@@ -258,6 +273,7 @@ fn malformed_line_is_named() {
         msg.contains("nix-path-registration: line 3: expected the NAR size of"),
         "{msg}"
     );
+    assert_eq!(msg.matches("line 3").count(), 1, "{msg}");
     assert!(fake.calls().is_empty());
 }
 
@@ -448,5 +464,31 @@ fn toplevel_missing_from_image_is_a_warning_in_prebuilt_mode() {
     assert_eq!(
         report.warnings,
         [format!("the system toplevel {SYSTEM} is not in the image")]
+    );
+}
+
+#[test]
+fn captured_output_keeps_the_end_within_the_limit() {
+    let mut input = vec![b'a'; 3 * MAX_CAPTURED_BYTES];
+    input.extend_from_slice(b"last line\n");
+    let kept = drain_tail(&input[..]);
+    assert_eq!(kept.len(), MAX_CAPTURED_BYTES);
+    assert!(kept.starts_with(b"aaa") && kept.ends_with(b"aaalast line\n"));
+    assert_eq!(drain_tail(&b"short"[..]), b"short");
+}
+
+#[test]
+fn a_child_is_waited_for_with_its_output() {
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "echo out; echo err >&2; exit 4"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (status, out, err) = wait_with_timeout(&mut child, Duration::from_secs(30)).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(4));
+    assert_eq!(
+        (out.as_slice(), err.as_slice()),
+        (&b"out\n"[..], &b"err\n"[..])
     );
 }

@@ -132,10 +132,27 @@ fn check_initramfs_gone() -> Check {
     .into_iter()
     .filter(|p| fs::symlink_metadata(p).is_ok())
     .collect();
-    if left.is_empty() {
-        Ok(String::new())
+    if !left.is_empty() {
+        return Err(format!("still present in /: {}", left.join(" ")));
+    }
+    // The old root is out of reach from here, but the loop device still names its backing file:
+    // the store image in the initramfs, which the hand-off must have deleted.
+    let text = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    let mounts = probe::parse_mountinfo(&text);
+    let dev = probe::mount_at(&mounts, "/nix/.ro-store")
+        .map(|m| m.source.clone())
+        .ok_or("nothing mounted on /nix/.ro-store")?;
+    let name = dev.trim_start_matches("/dev/");
+    let backing_path = format!("/sys/block/{name}/loop/backing_file");
+    let backing = fs::read_to_string(&backing_path).map_err(|e| format!("{backing_path}: {e}"))?;
+    let backing = backing.trim();
+    if backing.ends_with("(deleted)") {
+        Ok(format!("{dev} backed by {backing}"))
     } else {
-        Err(format!("still present in /: {}", left.join(" ")))
+        Err(format!(
+            "{dev} is backed by {backing}, which was not deleted from the initramfs"
+        ))
     }
 }
 
