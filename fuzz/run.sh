@@ -6,7 +6,9 @@
 # RUNS defaults to 10000000 executions per target; without TARGETs every target in
 # fuzz/Cargo.toml runs, one after the other. Prints the executions and time per target and
 # exits non-zero if a target fails to build or finds a panic, a hang or a memory blow-up
-# (the input is kept in fuzz/artifacts/TARGET/).
+# (the input is kept in fuzz/artifacts/TARGET/). Seeds come from fuzz/seeds/TARGET/ (real
+# files: a netboot command line, the example config, depmod output of Debian kernels, a
+# `nix-store --dump-db`, mksquashfs superblocks, ...), dictionaries from fuzz/dicts/TARGET.dict.
 #
 # Works on the stable toolchain: RUSTC_BOOTSTRAP=1 lets it take the unstable flags cargo-fuzz
 # passes. cargo-fuzz is installed with `cargo install` when missing. Environment:
@@ -61,11 +63,13 @@ for t in "${runnable[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     dirs=("corpus/$t")
     [ -d "seeds/$t" ] && dirs+=("seeds/$t")
+    dict=()
+    [ -f "dicts/$t.dict" ] && dict=(-dict="dicts/$t.dict")
     log="logs/$t.log"
     echo "== $t: $runs executions" >&2
     set +e
     "$bindir/$t" -artifact_prefix="artifacts/$t/" -runs="$runs" -timeout="${FUZZ_TIMEOUT:-10}" \
-        -rss_limit_mb="${FUZZ_RSS_MB:-2048}" -print_final_stats=1 "${extra[@]}" "${dirs[@]}" \
+        -rss_limit_mb="${FUZZ_RSS_MB:-2048}" -print_final_stats=1 "${extra[@]}" "${dict[@]}" "${dirs[@]}" \
         >"$log" 2>&1
     status=$?
     set -e

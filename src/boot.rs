@@ -222,19 +222,21 @@ fn sequence<S: Sys>(
     )?;
     debug_shell(sys, &config, cmdline.debug1mounts, "boot.debug1mounts");
 
-    phase(
-        timeline,
-        "registration",
-        || registration::register(sys, &config, &init, &paths.root),
-        |report| report.to_string(),
-    )?;
-
+    // Before the registration, whose toplevel comes from the same init= path: a mistyped
+    // init= is named as such, not as an unregistered toplevel.
     let target_root = PathBuf::from(&config.target_root);
     phase(
         timeline,
         "stage2-check",
         || switch_root::check_stage2(&target_root, &init),
         |_| format!("found {init}"),
+    )?;
+
+    phase(
+        timeline,
+        "registration",
+        || registration::register(sys, &config, &init, &paths.root),
+        |report| report.to_string(),
     )?;
 
     timeline.handoff_us = Some(now_us());

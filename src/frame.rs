@@ -268,13 +268,13 @@ pub mod reaper {
                     let Some(pid) = status.pid() else {
                         continue;
                     };
-                    let owned =
-                        u32::try_from(pid.as_raw()).is_ok_and(|p| lock(&OWNED).contains(&p));
-                    if owned {
-                        // Its owner reaps it; give it the time rather than spin on the same peek.
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                    } else {
+                    // While the init waits for a child of its own, orphans wait too: reaping
+                    // only when nothing is owned leaves no window in which an owner's status
+                    // could be taken. Owned children are short-lived (nix-store, a shell).
+                    if lock(&OWNED).is_empty() {
                         let _ = waitpid(pid, None);
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
                     }
                 }
                 Err(Errno::EINTR) => {}

@@ -645,7 +645,11 @@ mod tests {
 
     #[test]
     fn probe_judgement() {
-        assert!(judge_probe("stage2-probe: started\nprobe: all checks passed\n", false).is_ok());
+        let timeline = "[ 1.0] netboot-init: timeline {\"version\":1,\"clock\":\"monotonic\",\"initStartUs\":1,\"phases\":[]}\n";
+        let good = format!("{timeline}stage2-probe: started\nprobe: all checks passed\n");
+        assert!(judge_probe(&good, false).is_ok());
+        // Without the init's timeline record on the console.
+        assert!(judge_probe("stage2-probe: started\nprobe: all checks passed\n", false).is_err());
         assert!(judge_probe(
             "stage2-probe: started\nprobe check x: FAILED (y)\nprobe: all checks passed\n",
             false

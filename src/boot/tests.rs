@@ -156,8 +156,8 @@ fn the_whole_sequence_in_order() {
             "config",
             "modules",
             "mounts",
-            "registration",
-            "stage2-check"
+            "stage2-check",
+            "registration"
         ]
     );
     assert_eq!(timeline.kernel_release, RELEASE);
