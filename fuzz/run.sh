@@ -17,6 +17,7 @@
 #                   `none` runs several times faster)
 #   FUZZ_TIMEOUT    seconds one input may take before it counts as a hang (default 10)
 #   FUZZ_RSS_MB     memory limit (default 2048)
+#   FUZZ_DEBUG_ASSERTIONS  1|0 (default 1: overflow checks and debug_assert! on)
 #   FUZZ_MAX_LEN    longest input libFuzzer generates (default: libFuzzer's, 4096 bytes)
 #   CARGO_BUILD_JOBS  build parallelism, as for cargo
 set -euo pipefail
@@ -29,7 +30,7 @@ cd "$here"
 export RUSTC_BOOTSTRAP=1
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "installing cargo-fuzz" >&2
-    cargo install --locked cargo-fuzz
+    cargo install cargo-fuzz --version 0.13.2
 fi
 
 if [ $# -gt 0 ]; then
@@ -39,6 +40,8 @@ else
 fi
 
 sanitizer=${FUZZ_SANITIZER:-none}
+build_flags=(--sanitizer "$sanitizer")
+[ "${FUZZ_DEBUG_ASSERTIONS:-1}" = 1 ] && build_flags+=(--debug-assertions)
 triple=$(rustc -vV | sed -n 's/^host: //p')
 bindir="${CARGO_TARGET_DIR:-$here/target}/$triple/release"
 mkdir -p logs
@@ -48,7 +51,7 @@ summary=()
 failed=0
 runnable=()
 for t in "${targets[@]}"; do
-    if cargo fuzz build --sanitizer "$sanitizer" --debug-assertions "$t" >"logs/$t.build.log" 2>&1; then
+    if cargo fuzz build "${build_flags[@]}" "$t" >"logs/$t.build.log" 2>&1; then
         runnable+=("$t")
     else
         failed=1
@@ -90,6 +93,6 @@ for t in "${runnable[@]}"; do
 done
 
 echo
-echo "fuzz summary ($runs executions per target, sanitizer $sanitizer):"
+echo "fuzz summary ($runs executions per target, sanitizer $sanitizer, debug assertions ${FUZZ_DEBUG_ASSERTIONS:-1}):"
 printf '  %s\n' "${summary[@]}"
 exit "$failed"
