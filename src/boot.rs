@@ -209,7 +209,13 @@ fn sequence<S: Sys>(
     phase(
         timeline,
         "modules",
-        || modules::load_for_boot(sys, &config, &cmdline, &modules_dir, &release),
+        || {
+            anyhow::ensure!(
+                !release.is_empty(),
+                "uname gave no kernel release, so no modules tree can be chosen"
+            );
+            modules::load_for_boot(sys, &config, &cmdline, &modules_dir, &release)
+        },
         |report| report.to_string(),
     )?;
     debug_shell(sys, &config, cmdline.debug1devices, "boot.debug1devices");

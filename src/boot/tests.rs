@@ -475,3 +475,20 @@ fn the_kmsg_rate_limit_is_lifted_for_stage_1_only() {
     let hand_off = position("move-mount $R/proc $R/mnt-root/proc").unwrap();
     assert!(lifted < first_module && first_module < restored && restored < hand_off);
 }
+
+#[test]
+fn an_unknown_kernel_release_fails_the_modules_phase_by_name() {
+    let initrd = Initrd::new(&default_cmdline(), |_| {});
+    let fake = Fake::new();
+    let outcome = run(&fake, &Paths::under(initrd.root()), &[]);
+    assert_eq!(
+        outcome,
+        Outcome::Failed {
+            phase: "modules".into(),
+            action: reboot_after(10)
+        }
+    );
+    let text =
+        std::fs::read_to_string(initrd.root().join("run/netboot-init/timeline.json")).unwrap();
+    assert!(text.contains("uname gave no kernel release"), "{text}");
+}
