@@ -41,7 +41,12 @@ fi
 
 sanitizer=${FUZZ_SANITIZER:-none}
 build_flags=(--sanitizer "$sanitizer")
-[ "${FUZZ_DEBUG_ASSERTIONS:-1}" = 1 ] && build_flags+=(--debug-assertions)
+# cargo-fuzz turns debug assertions off only for an explicit --release.
+if [ "${FUZZ_DEBUG_ASSERTIONS:-1}" = 1 ]; then
+    build_flags+=(--debug-assertions)
+else
+    build_flags+=(--release)
+fi
 triple=$(rustc -vV | sed -n 's/^host: //p')
 bindir="${CARGO_TARGET_DIR:-$here/target}/$triple/release"
 mkdir -p logs

@@ -251,30 +251,30 @@ impl Cmdline {
             };
             match value {
                 Ok(v) => *field(self) = v,
-                Err(why) => self.problem(format!("{}: {why}", arg.word())),
+                Err(why) => self.problem(format!("{}: {why}", shown(arg))),
             }
             return;
         }
         match arg.param {
             "init" => match arg.value {
                 Some(v) if v.contains('\0') => {
-                    self.problem(format!("{}: contains a NUL byte", arg.word()))
+                    self.problem(format!("{}: contains a NUL byte", shown(arg)))
                 }
                 Some(v) if v.starts_with('/') => self.init = Some(v.into()),
-                Some("") | None => self.problem(format!("{}: expected a path", arg.word())),
-                Some(_) => self.problem(format!("{}: expected an absolute path", arg.word())),
+                Some("") | None => self.problem(format!("{}: expected a path", shown(arg))),
+                Some(_) => self.problem(format!("{}: expected an absolute path", shown(arg))),
             },
             "netboot.loglevel" => match arg.value.map(parse_level) {
                 Some(Some(level)) => self.log_level = Some(level),
                 _ => self.problem(format!(
                     "{}: expected error, warn, info, debug, trace or off",
-                    arg.word()
+                    shown(arg)
                 )),
             },
             "netboot.modules" => match arg.value {
                 Some("sequential") => self.modules_sequential = true,
                 Some("parallel") => self.modules_sequential = false,
-                _ => self.problem(format!("{}: expected sequential or parallel", arg.word())),
+                _ => self.problem(format!("{}: expected sequential or parallel", shown(arg))),
             },
             _ => self.module_param(arg),
         }
@@ -304,6 +304,22 @@ impl Cmdline {
         };
         self.module_params.push((module, setting));
     }
+}
+
+/// Problems quote the word, cut to [`MAX_SHOWN_BYTES`] so a huge word cannot make a huge log.
+const MAX_SHOWN_BYTES: usize = 128;
+
+fn shown(arg: &Arg<'_>) -> String {
+    let mut word = arg.word();
+    if word.len() > MAX_SHOWN_BYTES {
+        let mut cut = MAX_SHOWN_BYTES;
+        while !word.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        word.truncate(cut);
+        word.push_str("...");
+    }
+    word
 }
 
 fn parse_level(s: &str) -> Option<LevelFilter> {
@@ -601,6 +617,15 @@ mod tests {
         // Truncation lands on a character boundary.
         let wide = "é".repeat(MAX_CMDLINE_BYTES);
         assert!(split(&wide)[0].len() <= MAX_CMDLINE_BYTES);
+
+        let huge = format!("init={}", "x".repeat(1000));
+        assert_eq!(
+            parsed(&huge).problems,
+            [format!(
+                "init={}...: expected an absolute path",
+                "x".repeat(123)
+            )]
+        );
 
         let many = "boot.trace=x ".repeat(100);
         let c = parsed(&many);

@@ -364,6 +364,18 @@ mod tests {
     }
 
     #[test]
+    fn a_corrupt_xz_footer_is_an_error_not_a_panic() {
+        // Found by the module_decompress fuzz target: Backward Size 0xFFFFFFFF in the footer.
+        let data = include_bytes!(
+            "../../fuzz/known-crashes/module_decompress/lzma-rs-0.3.0-xz-backward-size-overflow.xz"
+        );
+        match decompress(data) {
+            Err(DecompressError::Corrupt { format, .. }) => assert_eq!(format, Compression::Xz),
+            other => panic!("expected a corrupt-xz error, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn file_names() {
         assert_eq!(Compression::from_file_name("a.ko"), Compression::None);
         assert_eq!(Compression::from_file_name("a.ko.xz"), Compression::Xz);
