@@ -470,6 +470,8 @@ fn private_tmpfs(dir: &Path) -> Result<()> {
 
 /// Runs every benchmark and writes the report under `<ws>/target/bench/`.
 pub fn run(ws: &Path) -> Result<()> {
+    // The fixture is shared with the scenarios and the demo.
+    let _lock = crate::lock_harness(ws)?;
     let out = ws.join("target/bench");
     let work = out.join("work");
     fs::create_dir_all(&work)?;

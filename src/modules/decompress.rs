@@ -366,12 +366,19 @@ mod tests {
     #[test]
     fn a_corrupt_xz_footer_is_an_error_not_a_panic() {
         // Found by the module_decompress fuzz target: Backward Size 0xFFFFFFFF in the footer.
-        let data = include_bytes!(
-            "../../fuzz/known-crashes/module_decompress/lzma-rs-0.3.0-xz-backward-size-overflow.xz"
-        );
-        match decompress(data) {
-            Err(DecompressError::Corrupt { format, .. }) => assert_eq!(format, Compression::Xz),
-            other => panic!("expected a corrupt-xz error, got {other:?}"),
+        let crashes: [&[u8]; 2] = [
+            include_bytes!(
+                "../../fuzz/known-crashes/module_decompress/lzma-rs-0.3.0-xz-backward-size-overflow.xz"
+            ),
+            include_bytes!(
+                "../../fuzz/known-crashes/module_decompress/lzma-rs-0.3.0-xz-backward-size-overflow-2.xz"
+            ),
+        ];
+        for data in crashes {
+            match decompress(data) {
+                Err(DecompressError::Corrupt { format, .. }) => assert_eq!(format, Compression::Xz),
+                other => panic!("expected a corrupt-xz error, got {other:?}"),
+            }
         }
     }
 
