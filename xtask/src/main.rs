@@ -12,7 +12,7 @@ commands:
   demo    build everything and boot a demo netboot image in QEMU, with its timings
   test    every test: rustfmt, clippy, unit, integration, QEMU boots; ends with `N passed, N failed`
   bench   benchmarks against the shell stage 1; writes target/bench/report.{json,md} and timeline.svg
-  fuzz    runs every fuzz target (fuzz/run.sh; RUNS=n sets executions per target)
+  fuzz [RUNS] [TARGET...]  runs the fuzz targets (fuzz/run.sh; 10 million executions each by default)
   scenarios [NAME...]  only the QEMU scenarios";
 
 fn main() -> ExitCode {
@@ -23,7 +23,9 @@ fn main() -> ExitCode {
         Some("demo") => netboot_qemu::setup(&ws).and_then(|()| netboot_qemu::demo(&ws)),
         Some("test") => return test(&ws),
         Some("bench") => netboot_qemu::setup(&ws).and_then(|()| netboot_qemu::bench::run(&ws)),
-        Some("fuzz") => run(Command::new(ws.join("fuzz/run.sh")).current_dir(ws.join("fuzz"))),
+        Some("fuzz") => run(Command::new(ws.join("fuzz/run.sh"))
+            .args(&args[1..])
+            .current_dir(ws.join("fuzz"))),
         Some("scenarios") => scenarios_only(&ws, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
