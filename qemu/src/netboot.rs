@@ -112,20 +112,7 @@ pub fn kexec_reboot(
     let boots = o.console.matches("Linux version").count();
     let passes = o.console.matches(probe::ALL_PASSED).count();
     let lines = crate::scenarios::console_lines(&o.console);
-    let failed: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.starts_with("probe check ") && l.contains(": FAILED"))
-        .collect();
-    if !failed.is_empty() {
-        bail!(
-            "{}",
-            failed
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-    }
+    crate::scenarios::no_failed_probe_checks(&lines)?;
     if passes < 1 {
         crate::scenarios::judge_probe_console(&o.console)?;
     }

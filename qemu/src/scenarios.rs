@@ -442,18 +442,7 @@ fn judge_lines(console: &str, want: &[Line]) -> Result<()> {
         match lines[at..].iter().position(|l| w.matches(l)) {
             Some(i) => at += i + 1,
             None => {
-                let ours: Vec<&String> = lines
-                    .iter()
-                    .filter(|l| l.starts_with("netboot-init: "))
-                    .collect();
-                let last = ours
-                    .iter()
-                    .rev()
-                    .take(4)
-                    .rev()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" | ");
+                let last = last_init_lines(&lines, 4);
                 bail!(
                     "no line {} (in order); last init lines: {last}",
                     w.describe()
@@ -464,35 +453,34 @@ fn judge_lines(console: &str, want: &[Line]) -> Result<()> {
     Ok(())
 }
 
-fn judge_probe(console: &str, timed_out: bool) -> Result<()> {
-    let lines = console_lines(console);
-    let failed: Vec<&String> = lines
+/// The last `n` lines the init logged, joined for a failure reason.
+fn last_init_lines(lines: &[String], n: usize) -> String {
+    let ours: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("netboot-init: "))
+        .map(String::as_str)
+        .collect();
+    ours[ours.len().saturating_sub(n)..].join(" | ")
+}
+
+/// Fails with every `probe check NAME: FAILED (...)` line of a console, if there are any.
+pub(crate) fn no_failed_probe_checks(lines: &[String]) -> Result<()> {
+    let failed: Vec<&str> = lines
         .iter()
         .filter(|l| l.starts_with("probe check ") && l.contains(": FAILED"))
+        .map(String::as_str)
         .collect();
     if !failed.is_empty() {
-        bail!(
-            "{}",
-            failed
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
+        bail!("{}", failed.join("; "));
     }
+    Ok(())
+}
+
+fn judge_probe(console: &str, timed_out: bool) -> Result<()> {
+    let lines = console_lines(console);
+    no_failed_probe_checks(&lines)?;
     if !lines.iter().any(|l| l == probe::ALL_PASSED) {
-        let ours: Vec<&String> = lines
-            .iter()
-            .filter(|l| l.starts_with("netboot-init: "))
-            .collect();
-        let last = ours
-            .iter()
-            .rev()
-            .take(3)
-            .rev()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(" | ");
+        let last = last_init_lines(&lines, 3);
         bail!(
             "the probe did not report `{}`{}; last init lines: {last}",
             probe::ALL_PASSED,
